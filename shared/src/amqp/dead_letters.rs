@@ -1,0 +1,1 @@
+//! Archiving dead letters from the queue into Postgres (filled in with the DLQ issue).

@@ -1,0 +1,81 @@
+//! RabbitMQ: connecting (plain or TLS), the topology, and a confirming publisher.
+
+pub mod dead_letters;
+pub mod headers;
+pub mod publisher;
+pub mod topology;
+
+use anyhow::Context;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::{Connection, ConnectionProperties};
+
+use crate::config::{redact_url, AmqpConfig};
+
+pub use publisher::{PublishError, Publisher};
+pub use topology::Topology;
+
+/// Opens a connection. `name` shows in the RabbitMQ management UI (`buyonce-worker@host`).
+///
+/// TLS (`amqps://`) uses the system roots unless `BUYONCE_AMQP_CA_FILE` names a CA, and a
+/// client certificate when one is configured. Errors carry the URL without its password.
+pub async fn connect(cfg: &AmqpConfig, name: &str) -> anyhow::Result<Connection> {
+    let url = cfg.url.expose();
+    let target = redact_url(url);
+    let mut tls = OwnedTLSConfig::default();
+    if let Some(ca) = &cfg.ca_file {
+        tls.cert_chain = Some(
+            std::fs::read_to_string(ca)
+                .with_context(|| format!("BUYONCE_AMQP_CA_FILE: cannot read {}", ca.display()))?,
+        );
+    }
+    if let (Some(cert), Some(key)) = (&cfg.client_cert_file, &cfg.client_key_file) {
+        tls.identity = Some(OwnedIdentity::PKCS8 {
+            pem: std::fs::read(cert).with_context(|| {
+                format!(
+                    "BUYONCE_AMQP_CLIENT_CERT_FILE: cannot read {}",
+                    cert.display()
+                )
+            })?,
+            key: std::fs::read(key).with_context(|| {
+                format!(
+                    "BUYONCE_AMQP_CLIENT_KEY_FILE: cannot read {}",
+                    key.display()
+                )
+            })?,
+        });
+    }
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime().context("AMQP runtime")?;
+    let connect = Connection::connect_with_config(url, props, tls, runtime);
+    // A TLS listener that never answers a plain handshake would otherwise hang forever.
+    match tokio::time::timeout(std::time::Duration::from_secs(20), connect).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "cannot connect to RabbitMQ at {target}: {}",
+            describe_error(&e)
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "cannot connect to RabbitMQ at {target}: no AMQP handshake within 20s \
+             (a TLS-only listener reached with amqp://, or the wrong port?)"
+        )),
+    }
+}
+
+/// A lapin error with its causes, and a hint for certificate problems.
+pub fn describe_error(e: &lapin::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("invalid peer")
+    {
+        text.push_str(" (TLS certificate problem: check BUYONCE_AMQP_CA_FILE and the host name in BUYONCE_AMQP_URL)");
+    }
+    text
+}

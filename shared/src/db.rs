@@ -1,0 +1,318 @@
+//! Postgres: connection pool, TLS, database creation and the embedded migration runner.
+//!
+//! Migrations use a minimal runner rather than a crate: every replica runs them at start, so
+//! they must be safe when several processes start at once. The runner holds a transaction-scoped
+//! advisory lock while it reads `buyonce_migrations` and applies what is missing, all in one
+//! transaction (Postgres DDL is transactional), so concurrent starters serialise and a failed
+//! migration leaves nothing half-applied. refinery, the maintained crate for tokio-postgres,
+//! does not take such a lock, and its tokio-postgres pin would constrain our upgrades.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+use tracing::{debug, info, warn};
+
+use crate::config::{redact_url, DatabaseConfig};
+use crate::tls::{client_config, Verify};
+
+/// Embedded migrations, applied in order. Never edit one that has shipped; add a new one.
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "core", include_str!("../migrations/0001_core.sql")),
+    (
+        2,
+        "dead_letters",
+        include_str!("../migrations/0002_dead_letters.sql"),
+    ),
+    (3, "brakes", include_str!("../migrations/0003_brakes.sql")),
+];
+
+/// TLS requirement parsed from the URL's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// tokio-postgres understands `disable|prefer|require` only; `verify-ca`/`verify-full` are
+/// taken out here, mapped to `require` for it, and enforced by our rustls verifier.
+fn split_sslmode(url: &str) -> (String, SslMode) {
+    let modes = [
+        ("sslmode=verify-full", SslMode::VerifyFull),
+        ("sslmode=verify-ca", SslMode::VerifyCa),
+        ("sslmode=require", SslMode::Require),
+        ("sslmode=disable", SslMode::Disable),
+        ("sslmode=prefer", SslMode::Prefer),
+    ];
+    for (needle, mode) in modes {
+        if url.contains(needle) {
+            let rewritten = match mode {
+                SslMode::VerifyFull | SslMode::VerifyCa => url.replace(needle, "sslmode=require"),
+                _ => url.to_owned(),
+            };
+            return (rewritten, mode);
+        }
+    }
+    (url.to_owned(), SslMode::Prefer)
+}
+
+/// Validates a database URL without connecting (used by config parsing).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let (url, _) = split_sslmode(url);
+    tokio_postgres::Config::from_str(&url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn pg_config(cfg: &DatabaseConfig) -> anyhow::Result<(tokio_postgres::Config, SslMode)> {
+    let (url, mode) = split_sslmode(cfg.url.expose());
+    let mut pg = tokio_postgres::Config::from_str(&url).with_context(|| {
+        format!(
+            "BUYONCE_DATABASE_URL {} is not a valid Postgres URL",
+            redact_url(&url)
+        )
+    })?;
+    pg.application_name("buyonce");
+    pg.connect_timeout(Duration::from_secs(10));
+    if let Some(schema) = &cfg.schema {
+        pg.options(format!("-c search_path={schema}"));
+    }
+    Ok((pg, mode))
+}
+
+fn manager(
+    cfg: &DatabaseConfig,
+    pg: tokio_postgres::Config,
+    mode: SslMode,
+) -> anyhow::Result<Manager> {
+    let mc = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    // With a root certificate, libpq upgrades `require` to `verify-ca`; so do we.
+    let verify = match (mode, cfg.ca_file.is_some()) {
+        (SslMode::Disable, _) => return Ok(Manager::from_config(pg, NoTls, mc)),
+        (SslMode::VerifyFull, _) => Verify::Full,
+        (SslMode::VerifyCa, _) | (SslMode::Require, true) => Verify::Chain,
+        (SslMode::Prefer | SslMode::Require, false) => Verify::None,
+        (SslMode::Prefer, true) => Verify::Chain,
+    };
+    let tls = client_config(verify, cfg.ca_file.as_deref())?;
+    Ok(Manager::from_config(
+        pg,
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        mc,
+    ))
+}
+
+/// Builds a pool without touching the database.
+pub fn pool(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
+    let (pg, mode) = pg_config(cfg)?;
+    Pool::builder(manager(cfg, pg, mode)?)
+        .max_size(cfg.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .context("building the Postgres pool")
+}
+
+/// Connects: creates the database if it does not exist, creates the schema if one is
+/// configured, applies pending migrations, and returns the pool.
+pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
+    let pool = pool(cfg)?;
+    let first = pool.get().await;
+    if let Err(e) = &first {
+        if db_error_code(e) == Some(&SqlState::INVALID_CATALOG_NAME) {
+            create_database(cfg).await?;
+        }
+    }
+    drop(first);
+    let target = redact_url(cfg.url.expose());
+    let client = pool.get().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to Postgres at {target}: {}",
+            pool_error_text(&e)
+        )
+    })?;
+    if let Some(schema) = &cfg.schema {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(schema)
+            ))
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+    }
+    drop(client);
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// The cause of a pool error as text, including the Postgres message when there is one.
+pub fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => pg_error_text(pg),
+        other => other.to_string(),
+    }
+}
+
+/// A Postgres error with its server message (tokio-postgres' Display hides it as "db error").
+pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn db_error_code(e: &deadpool_postgres::PoolError) -> Option<&SqlState> {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => pg.code(),
+        _ => None,
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn create_database(cfg: &DatabaseConfig) -> anyhow::Result<()> {
+    let (pg, mode) = pg_config(cfg)?;
+    let name = pg
+        .get_dbname()
+        .map(str::to_owned)
+        .or_else(|| pg.get_user().map(str::to_owned))
+        .context("BUYONCE_DATABASE_URL names no database")?;
+    let mut admin_cfg = pg.clone();
+    admin_cfg.dbname("postgres");
+    let admin = Pool::builder(manager(cfg, admin_cfg, mode)?)
+        .max_size(1)
+        .runtime(Runtime::Tokio1)
+        .build()?;
+    let client = admin.get().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connecting to database postgres to create {name}: {}",
+            pool_error_text(&e)
+        )
+    })?;
+    match client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+        .await
+    {
+        Ok(()) => info!(database = %name, "created database"),
+        // Another replica created it first: fine. (Two concurrent CREATE DATABASE can also
+        // collide on the catalog's unique index instead of reporting duplicate_database.)
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            debug!(database = %name, "database already created by another process")
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "creating database {name}: {}",
+                pg_error_text(&e)
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Applies pending migrations; returns the versions applied by this call.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!("migrations: {}", pool_error_text(&e)))?;
+    let tx = client.transaction().await.context("migrations: begin")?;
+    // Per schema, so tests that each own a schema do not wait on one another.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('buyonce.migrate.' || current_schema()))",
+        &[],
+    )
+    .await
+    .context("migrations: advisory lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS buyonce_migrations (
+             version    INT PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("migrations: {}", pg_error_text(&e)))?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM buyonce_migrations", &[])
+        .await
+        .context("migrations: reading applied versions")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut newly = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("migration {version} ({name}): {}", pg_error_text(&e)))?;
+        tx.execute(
+            "INSERT INTO buyonce_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .context("migrations: recording version")?;
+        newly.push(*version);
+    }
+    if let Some(max) = applied.iter().max() {
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if *max > known {
+            warn!(
+                database_version = max,
+                binary_version = known,
+                "database schema is newer than this binary; running anyway"
+            );
+        }
+    }
+    tx.commit().await.context("migrations: commit")?;
+    if !newly.is_empty() {
+        info!(versions = ?newly, "applied database migrations");
+    }
+    Ok(newly)
+}
+
+/// Whether an error means the database could not be reached (vs. a statement failing).
+pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || e.as_db_error().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_verify_forms_are_rewritten_for_tokio_postgres() {
+        let (url, mode) = split_sslmode("postgres://h/db?sslmode=verify-full");
+        assert_eq!(url, "postgres://h/db?sslmode=require");
+        assert_eq!(mode, SslMode::VerifyFull);
+        assert_eq!(split_sslmode("postgres://h/db").1, SslMode::Prefer);
+        assert!(check_url("postgres://h/db?sslmode=verify-ca").is_ok());
+        assert!(check_url("postgres://h/db?sslmode=bogus").is_err());
+    }
+}

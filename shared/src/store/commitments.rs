@@ -1,0 +1,56 @@
+//! `commitments`: the ledger of what was bought, keyed by token (one row per recommendation,
+//! ever). Rows are only inserted, by [`Store::record_success`](super::Store::record_success).
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreResult};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommitmentRow {
+    #[serde(skip)]
+    pub token: String,
+    pub execution_id: String,
+    pub rec_index: i32,
+    pub provider: String,
+    pub service: String,
+    pub account: String,
+    pub region: Option<String>,
+    pub commitment_id: String,
+    pub cost_usd: Option<f64>,
+    pub how: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// The ledger rows of an execution, or of everything when `execution_id` is `None`.
+    pub async fn commitments(&self, execution_id: Option<&str>) -> StoreResult<Vec<CommitmentRow>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT token, execution_id, rec_index, provider, service, account, region,
+                        commitment_id, cost_usd::float8, how, recorded_at
+                   FROM commitments
+                  WHERE $1::text IS NULL OR execution_id = $1
+                  ORDER BY execution_id, rec_index",
+                &[&execution_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CommitmentRow {
+                    token: r.try_get(0)?,
+                    execution_id: r.try_get(1)?,
+                    rec_index: r.try_get(2)?,
+                    provider: r.try_get(3)?,
+                    service: r.try_get(4)?,
+                    account: r.try_get(5)?,
+                    region: r.try_get(6)?,
+                    commitment_id: r.try_get(7)?,
+                    cost_usd: r.try_get(8)?,
+                    how: r.try_get(9)?,
+                    recorded_at: r.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,2 @@
+use super::Store;
+impl Store {}

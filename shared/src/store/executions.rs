@@ -1,0 +1,311 @@
+//! `executions`: one row per approved execution, written with all its items in one transaction.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use super::items::{item_from_row, recommendation_json, ItemRow, ITEM_COLUMNS};
+use super::{Cas, Store, StoreError, StoreResult};
+use crate::document::ExecutionDocument;
+use crate::token::IdempotencyToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// Recorded; messages not yet (all) published.
+    Approved,
+    /// Published; items being bought.
+    Running,
+    Completed,
+    PartiallyCompleted,
+    Failed,
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Approved => "approved",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Completed => "completed",
+            ExecutionStatus::PartiallyCompleted => "partially_completed",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "approved" => ExecutionStatus::Approved,
+            "running" => ExecutionStatus::Running,
+            "completed" => ExecutionStatus::Completed,
+            "partially_completed" => ExecutionStatus::PartiallyCompleted,
+            "failed" => ExecutionStatus::Failed,
+            "cancelled" => ExecutionStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutionRow {
+    pub execution_id: String,
+    #[serde(skip)]
+    pub idempotency_key: String,
+    pub status: ExecutionStatus,
+    pub source: String,
+    pub approved_by: String,
+    pub item_count: i32,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub document: Value,
+}
+
+const EXECUTION_COLUMNS: &str = "execution_id, idempotency_key, status, source, approved_by, \
+     item_count, error, created_at, updated_at, document";
+
+fn execution_from_row(row: &Row) -> StoreResult<ExecutionRow> {
+    let status: String = row.try_get(2)?;
+    Ok(ExecutionRow {
+        execution_id: row.try_get(0)?,
+        idempotency_key: row.try_get(1)?,
+        status: ExecutionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown execution status {status:?}")))?,
+        source: row.try_get(3)?,
+        approved_by: row.try_get(4)?,
+        item_count: row.try_get(5)?,
+        error: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        updated_at: row.try_get(8)?,
+        document: row.try_get(9)?,
+    })
+}
+
+/// What recording a submitted execution did.
+#[derive(Debug)]
+pub enum Submitted {
+    /// New execution; its items, all `queued` and unpublished.
+    Created(Vec<ItemRow>),
+    /// The same document was already recorded; nothing was written. Its current items.
+    Identical(Vec<ItemRow>),
+    /// The execution ID exists with different content (the stored document is returned).
+    Conflict { stored: Box<Value> },
+}
+
+impl Store {
+    /// Records an execution and all its items in one transaction (the outbox write).
+    ///
+    /// Idempotent: the same document again writes nothing and returns `Identical`; the same
+    /// `execution_id` with different content returns `Conflict`. The lineage key is written
+    /// here once and never updated by any statement.
+    #[tracing::instrument(skip_all, fields(execution.id = %doc.execution_id, items = doc.recommendations.len()))]
+    pub async fn submit_execution(&self, doc: &ExecutionDocument) -> StoreResult<Submitted> {
+        let canonical = doc.canonical();
+        let document =
+            serde_json::to_value(&canonical).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let lineage = canonical.lineage_key();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO executions (execution_id, idempotency_key, status, source, approved_by,
+                                         document, item_count)
+                 VALUES ($1, $2, 'approved', $3, $4, $5, $6)
+                 ON CONFLICT (execution_id) DO NOTHING",
+                &[
+                    &doc.execution_id.as_str(),
+                    &lineage.as_str(),
+                    &doc.source,
+                    &doc.approved_by,
+                    &document,
+                    &(doc.recommendations.len() as i32),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            tx.rollback().await?;
+            let existing = self
+                .execution(doc.execution_id.as_str())
+                .await?
+                .ok_or_else(|| StoreError::Invalid("execution vanished after conflict".into()))?;
+            return Ok(if existing.document == document {
+                Submitted::Identical(self.items_of(doc.execution_id.as_str()).await?)
+            } else {
+                Submitted::Conflict {
+                    stored: Box::new(existing.document),
+                }
+            });
+        }
+        let mut indexes = Vec::with_capacity(doc.recommendations.len());
+        let mut tokens = Vec::with_capacity(doc.recommendations.len());
+        let mut providers = Vec::new();
+        let mut services = Vec::new();
+        let mut accounts = Vec::new();
+        let mut regions: Vec<Option<String>> = Vec::new();
+        let mut recommendations = Vec::new();
+        for (i, rec) in doc.recommendations.iter().enumerate() {
+            indexes.push(i as i32);
+            tokens.push(
+                IdempotencyToken::derive(lineage.as_str(), i as u32)
+                    .as_str()
+                    .to_owned(),
+            );
+            providers.push(rec.provider.as_str());
+            services.push(rec.service.as_str());
+            accounts.push(rec.account.clone());
+            regions.push(rec.region.clone());
+            recommendations.push(recommendation_json(rec));
+        }
+        // One statement for all items, however many there are.
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH ins AS (
+                         INSERT INTO purchase_items (execution_id, rec_index, token, provider,
+                                                     service, account, region, recommendation)
+                         SELECT $1, * FROM UNNEST($2::int[], $3::text[], $4::text[], $5::text[],
+                                                  $6::text[], $7::text[], $8::jsonb[])
+                         RETURNING *
+                     )
+                     SELECT {ITEM_COLUMNS} FROM ins i ORDER BY i.rec_index"
+                ),
+                &[
+                    &doc.execution_id.as_str(),
+                    &indexes,
+                    &tokens,
+                    &providers,
+                    &services,
+                    &accounts,
+                    &regions,
+                    &recommendations,
+                ],
+            )
+            .await?;
+        let items = rows
+            .iter()
+            .map(item_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Submitted::Created(items))
+    }
+
+    /// One execution.
+    pub async fn execution(&self, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1"),
+                &[&execution_id],
+            )
+            .await?;
+        row.as_ref().map(execution_from_row).transpose()
+    }
+
+    /// Every item of an execution, by index.
+    pub async fn items_of(&self, execution_id: &str) -> StoreResult<Vec<ItemRow>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ITEM_COLUMNS} FROM purchase_items i
+                      WHERE i.execution_id = $1 ORDER BY i.rec_index"
+                ),
+                &[&execution_id],
+            )
+            .await?;
+        rows.iter().map(item_from_row).collect()
+    }
+
+    /// `approved → running` once its messages are published.
+    pub async fn mark_execution_running(&self, execution_id: &str) -> StoreResult<Cas<()>> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE executions SET status = 'running', updated_at = now()
+                  WHERE execution_id = $1 AND status = 'approved'",
+                &[&execution_id],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Cas::Applied(()));
+        }
+        Ok(match self.execution(execution_id).await? {
+            None => Cas::NotFound,
+            Some(e) => Cas::Conflict {
+                actual: e.status.as_str().into(),
+            },
+        })
+    }
+
+    /// When no item of the execution is `queued` or `running` any more, sets its aggregate
+    /// status: `approved|running → completed | partially_completed | failed`. Cancelled
+    /// executions keep `cancelled`. Run after each item ends, outside the item's transaction:
+    /// of two items ending at once, the later statement sees both (see DESIGN §4).
+    pub async fn finish_execution_if_done(
+        &self,
+        execution_id: &str,
+    ) -> StoreResult<Option<ExecutionStatus>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE executions e
+                    SET status = agg.status, updated_at = now(),
+                        error = CASE WHEN agg.status = 'completed' THEN NULL
+                                     ELSE agg.failed || ' of ' || agg.total || ' items did not succeed' END
+                   FROM (SELECT CASE WHEN count(*) FILTER (WHERE status = 'succeeded') = count(*)
+                                     THEN 'completed'
+                                     WHEN count(*) FILTER (WHERE status = 'succeeded') > 0
+                                     THEN 'partially_completed'
+                                     ELSE 'failed' END AS status,
+                                count(*) FILTER (WHERE status <> 'succeeded') AS failed,
+                                count(*) AS total
+                           FROM purchase_items WHERE execution_id = $1) agg
+                  WHERE e.execution_id = $1
+                    AND e.status IN ('approved', 'running')
+                    AND NOT EXISTS (SELECT 1 FROM purchase_items
+                                     WHERE execution_id = $1 AND status IN ('queued', 'running'))
+              RETURNING e.status",
+            )
+            .await?;
+        let row = client.query_opt(&stmt, &[&execution_id]).await?;
+        row.map(|r| {
+            let s: String = r.try_get(0)?;
+            ExecutionStatus::parse(&s)
+                .ok_or_else(|| StoreError::Invalid(format!("unknown execution status {s:?}")))
+        })
+        .transpose()
+    }
+
+    /// Executions still `approved|running` with no live item (the last item's worker died
+    /// between its commit and the aggregate update), oldest first.
+    pub async fn open_executions_without_live_items(&self, limit: i64) -> StoreResult<Vec<String>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT e.execution_id FROM executions e
+                  WHERE e.status IN ('approved', 'running')
+                    AND NOT EXISTS (SELECT 1 FROM purchase_items i
+                                     WHERE i.execution_id = e.execution_id
+                                       AND i.status IN ('queued', 'running'))
+                  ORDER BY e.updated_at LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Executions with failed or dead items (for re-driving everything that failed).
+    pub async fn executions_with_failures(&self) -> StoreResult<Vec<String>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT execution_id FROM purchase_items
+                  WHERE status IN ('failed', 'dead') ORDER BY execution_id",
+                &[],
+            )
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+}

@@ -1,0 +1,263 @@
+//! The store against a real Postgres, each test in its own schema.
+
+use std::time::Duration;
+
+use buyonce_shared::envelope::PurchaseMessage;
+use buyonce_shared::store::executions::Submitted;
+use buyonce_shared::store::items::{Claim, Recorded};
+use buyonce_shared::store::{Cas, ItemStatus};
+use buyonce_shared::testing::TestDb;
+use buyonce_shared::{db, ExecutionDocument, IdempotencyToken};
+
+const STALE: Duration = Duration::from_secs(30);
+
+fn document(id: &str, n: usize) -> ExecutionDocument {
+    let recs: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "provider": "aws", "service": "ec2", "account": "123456789012",
+                "region": "us-east-1", "resource_type": "m5.large", "count": i + 1,
+                "term": "1y", "payment": "all-upfront"
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "execution_id": id, "approved_by": "finops@example.com", "source": "test",
+        "recommendations": recs
+    });
+    ExecutionDocument::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap()
+}
+
+fn messages(
+    doc: &ExecutionDocument,
+    items: &[buyonce_shared::store::ItemRow],
+) -> Vec<PurchaseMessage> {
+    items
+        .iter()
+        .map(|i| i.to_message(doc.lineage_key().as_str()).unwrap())
+        .collect()
+}
+
+async fn submitted(db: &TestDb, doc: &ExecutionDocument) -> Vec<PurchaseMessage> {
+    match db.store.submit_execution(doc).await.unwrap() {
+        Submitted::Created(items) => messages(doc, &items),
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
+    let db = TestDb::new(6).await.unwrap();
+    // TestDb::new already migrated: a second run applies nothing.
+    assert_eq!(
+        db::migrate(db.store.pool()).await.unwrap(),
+        Vec::<i32>::new()
+    );
+    let runs = (0..4).map(|_| db::migrate(db.store.pool()));
+    for result in futures::future::join_all(runs).await {
+        assert_eq!(result.unwrap(), Vec::<i32>::new());
+    }
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn submitting_records_items_with_derived_tokens_and_is_idempotent() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-1", 3);
+    let msgs = submitted(&db, &doc).await;
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(
+        msgs[0].token.as_str(),
+        "4a667998cddd36583ee6f92b4e1f9fe36aeef04b9676a2007da7c5eefc9e96c0"
+    );
+    assert_eq!(msgs[1].token, IdempotencyToken::derive("exec-1", 1));
+
+    match db.store.submit_execution(&doc).await.unwrap() {
+        Submitted::Identical(items) => assert_eq!(items.len(), 3),
+        other => panic!("expected Identical, got {other:?}"),
+    }
+    let mut different = doc.clone();
+    different.recommendations[0].count = Some(100);
+    assert!(matches!(
+        db.store.submit_execution(&different).await.unwrap(),
+        Submitted::Conflict { .. }
+    ));
+    assert_eq!(db.store.items_of("exec-1").await.unwrap().len(), 3);
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn claim_then_record_then_claim_again_is_already_succeeded() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-claim", 1);
+    let msg = &submitted(&db, &doc).await[0];
+
+    let Claim::Claimed { attempts, .. } = db.store.claim(msg, STALE).await.unwrap() else {
+        panic!("first claim must succeed");
+    };
+    assert_eq!(attempts, 1);
+    // A second delivery while the first owner's heartbeat is fresh: someone else owns it.
+    assert_eq!(
+        db.store.claim(msg, STALE).await.unwrap(),
+        Claim::OwnedElsewhere
+    );
+
+    let recorded = Recorded {
+        commitment_id: "ri-123".into(),
+        cost_usd: Some(1234.5),
+        how: "purchased",
+        tag_pending: false,
+    };
+    assert_eq!(
+        db.store
+            .record_success(&msg.token, &recorded)
+            .await
+            .unwrap(),
+        Cas::Applied("exec-claim".to_string())
+    );
+    // Recording twice is a no-op reported as a conflict (already succeeded).
+    assert_eq!(
+        db.store
+            .record_success(&msg.token, &recorded)
+            .await
+            .unwrap(),
+        Cas::Conflict {
+            actual: "succeeded".into()
+        }
+    );
+    assert_eq!(
+        db.store.claim(msg, STALE).await.unwrap(),
+        Claim::AlreadySucceeded {
+            commitment_id: Some("ri-123".into())
+        }
+    );
+    assert_eq!(
+        db.store
+            .commitments(Some("exec-claim"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        db.store
+            .finish_execution_if_done("exec-claim")
+            .await
+            .unwrap(),
+        Some(buyonce_shared::store::ExecutionStatus::Completed)
+    );
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn cas_tells_not_found_from_race_lost() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-cas", 1);
+    let msg = &submitted(&db, &doc).await[0];
+    let unknown = IdempotencyToken::derive("nobody", 0);
+    let claim_id = uuid::Uuid::new_v4();
+
+    assert_eq!(
+        db.store
+            .release_for_retry(&unknown, claim_id, "x")
+            .await
+            .unwrap(),
+        Cas::NotFound
+    );
+    // The item is queued, not running under this claim: a lost race, not an absence.
+    assert_eq!(
+        db.store
+            .finish_unsuccessful(&msg.token, claim_id, ItemStatus::Failed, "x")
+            .await
+            .unwrap(),
+        Cas::Conflict {
+            actual: "queued".into()
+        }
+    );
+    let Claim::Claimed { claim_id: ours, .. } = db.store.claim(msg, STALE).await.unwrap() else {
+        panic!("claim");
+    };
+    // Someone else's claim ID cannot move our item.
+    assert_eq!(
+        db.store
+            .release_for_retry(&msg.token, claim_id, "x")
+            .await
+            .unwrap(),
+        Cas::Conflict {
+            actual: "running".into()
+        }
+    );
+    assert_eq!(
+        db.store
+            .release_for_retry(&msg.token, ours, "throttled")
+            .await
+            .unwrap(),
+        Cas::Applied(())
+    );
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_concurrent_claims_exactly_one_wins() {
+    let db = TestDb::new(8).await.unwrap();
+    let doc = document("exec-race", 20);
+    let msgs = submitted(&db, &doc).await;
+    for msg in &msgs {
+        let (a, b) = tokio::join!(db.store.claim(msg, STALE), db.store.claim(msg, STALE));
+        let wins = [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|c| matches!(c, Claim::Claimed { .. }))
+            .count();
+        assert_eq!(wins, 1, "exactly one claim wins for rec {}", msg.rec_index);
+    }
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn claim_refuses_tampered_and_unknown_messages() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-auth", 1);
+    let msg = submitted(&db, &doc).await.remove(0);
+
+    let mut tampered = msg.clone();
+    tampered.recommendation.count = Some(100);
+    assert_eq!(
+        db.store.claim(&tampered, STALE).await.unwrap(),
+        Claim::RecommendationMismatch
+    );
+
+    let mut unknown = msg.clone();
+    unknown.execution_id = buyonce_shared::ExecutionId::parse("exec-nope").unwrap();
+    assert_eq!(
+        db.store.claim(&unknown, STALE).await.unwrap(),
+        Claim::UnknownItem
+    );
+
+    let mut other_token = msg.clone();
+    other_token.token = IdempotencyToken::derive("forged", 0);
+    assert_eq!(
+        db.store.claim(&other_token, STALE).await.unwrap(),
+        Claim::TokenMismatch
+    );
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_running_item_can_be_taken_over() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-stale", 1);
+    let msg = submitted(&db, &doc).await.remove(0);
+    assert!(matches!(
+        db.store.claim(&msg, STALE).await.unwrap(),
+        Claim::Claimed { .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The owner stopped heartbeating for longer than the stale threshold: take over.
+    let Claim::Claimed { attempts, .. } =
+        db.store.claim(&msg, Duration::from_secs(1)).await.unwrap()
+    else {
+        panic!("a stale claim must be taken over");
+    };
+    assert_eq!(attempts, 2);
+    db.cleanup().await.unwrap();
+}
