@@ -71,3 +71,6 @@ CREATE TABLE commitments (
     how           TEXT NOT NULL CHECK (how IN ('purchased', 'recovered', 'guard')),
     recorded_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- EC2/Redshift attribution: is this commitment already someone else's?
+CREATE INDEX commitments_commitment_id ON commitments (commitment_id);

@@ -159,7 +159,7 @@ async fn cas_tells_not_found_from_race_lost() {
 
     assert_eq!(
         db.store
-            .release_for_retry(&unknown, claim_id, "x")
+            .release_for_retry(&unknown, claim_id, "x", false)
             .await
             .unwrap(),
         Cas::NotFound
@@ -180,7 +180,7 @@ async fn cas_tells_not_found_from_race_lost() {
     // Someone else's claim ID cannot move our item.
     assert_eq!(
         db.store
-            .release_for_retry(&msg.token, claim_id, "x")
+            .release_for_retry(&msg.token, claim_id, "x", false)
             .await
             .unwrap(),
         Cas::Conflict {
@@ -189,7 +189,7 @@ async fn cas_tells_not_found_from_race_lost() {
     );
     assert_eq!(
         db.store
-            .release_for_retry(&msg.token, ours, "throttled")
+            .release_for_retry(&msg.token, ours, "throttled", false)
             .await
             .unwrap(),
         Cas::Applied(())

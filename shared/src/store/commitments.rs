@@ -53,4 +53,21 @@ impl Store {
             })
             .collect()
     }
+
+    /// Whether `commitment_id` is already in the ledger under another token (EC2/Redshift
+    /// attribution: a commitment is never recovered by two items).
+    pub async fn attributed_elsewhere(
+        &self,
+        commitment_id: &str,
+        token: &str,
+    ) -> StoreResult<bool> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM commitments WHERE commitment_id = $1 AND token <> $2)",
+                &[&commitment_id, &token],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
 }

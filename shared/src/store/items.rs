@@ -396,22 +396,25 @@ impl Store {
         })
     }
 
-    /// After a transient failure: `running (our claim) → queued`, keeping the attempt count and
-    /// the error, so the retry message finds it claimable.
+    /// After a transient failure: `running (our claim) → queued`, keeping the error, so the
+    /// retry message finds it claimable. The attempt stays counted unless `uncount` (the
+    /// purchase was only deferred: fleet paused, budget exhausted).
     pub async fn release_for_retry(
         &self,
         token: &IdempotencyToken,
         claim_id: Uuid,
         error: &str,
+        uncount: bool,
     ) -> StoreResult<Cas<()>> {
         let client = self.pool.get().await?;
         let n = client
             .execute(
                 "UPDATE purchase_items
                     SET status = 'queued', error = $3, heartbeat_at = NULL, claim_id = NULL,
+                        attempts = CASE WHEN $4 THEN greatest(attempts - 1, 0) ELSE attempts END,
                         updated_at = now()
                   WHERE token = $1 AND status = 'running' AND claim_id = $2",
-                &[&token.as_str(), &claim_id, &error],
+                &[&token.as_str(), &claim_id, &error, &uncount],
             )
             .await?;
         if n == 1 {
@@ -610,6 +613,48 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// The reaper's batched CAS: `running → failed` with `reason` for each of `tokens` whose
+    /// heartbeat is still older than `older_than`, in one statement. Returns the tokens it moved
+    /// with their execution IDs; the others lost a race (see [`Store::statuses_of`]).
+    pub async fn reap_batch(
+        &self,
+        tokens: &[String],
+        older_than: Duration,
+        reason: &str,
+    ) -> StoreResult<Vec<(String, String)>> {
+        if older_than.is_zero() {
+            return Err(StoreError::Invalid("older_than must be positive".into()));
+        }
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "UPDATE purchase_items
+                    SET status = 'failed', error = $3, claim_id = NULL, updated_at = now()
+                  WHERE token = ANY($1) AND status = 'running'
+                    AND heartbeat_at < now() - make_interval(secs => $2)
+              RETURNING token, execution_id",
+                &[&tokens, &secs(older_than), &reason],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Current status of each token that still exists.
+    pub async fn statuses_of(&self, tokens: &[String]) -> StoreResult<Vec<(String, String)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT token, status FROM purchase_items WHERE token = ANY($1)",
+                &[&tokens],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// Items whose token tag is still to be written, oldest first.

@@ -1,0 +1,250 @@
+//! AWS SDK clients per (account, region), built once and cached.
+//!
+//! Credentials follow the SDK's standard chain. With `BUYONCE_AWS_ROLE_NAME` set, each
+//! recommendation's account is reached by assuming `arn:aws:iam::<account>:role/<name>`.
+//! Either way the worker checks with `sts:GetCallerIdentity` that the credentials belong to the
+//! recommendation's account before buying anything: default credentials for account A must
+//! never buy a commitment meant for account B.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use tokio::sync::Mutex;
+
+use crate::executors::{aws_errors, PermanentKind, PurchaseError};
+
+/// How to reach AWS.
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// Send every call here (`AWS_ENDPOINT_URL`; fakecloud in tests and the demo).
+    pub endpoint_url: Option<String>,
+    /// Region for calls without one (STS); `AWS_REGION`, default us-east-1.
+    pub region: Option<String>,
+    /// Assume this role name in each account (`BUYONCE_AWS_ROLE_NAME`).
+    pub role_name: Option<String>,
+    /// Static credentials instead of the default chain (tests).
+    pub static_credentials: Option<(String, String)>,
+}
+
+type ClientKey = (String, String);
+
+/// Cached SDK configuration per (account, region). Cheap to clone.
+#[derive(Clone)]
+pub struct AwsClients {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: AwsSettings,
+    base: SdkConfig,
+    /// Credentials per account (assumed role or the default chain, verified).
+    accounts: Mutex<HashMap<String, SharedCredentialsProvider>>,
+    configs: std::sync::Mutex<HashMap<ClientKey, SdkConfig>>,
+}
+
+/// The HTTP client every SDK client uses: hyper + rustls with ring (one crypto provider in the
+/// process), plain http allowed for a local emulator endpoint.
+fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+impl AwsClients {
+    /// Loads the base configuration (environment, credential chain).
+    pub async fn new(settings: AwsSettings) -> Self {
+        let region = settings
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
+            .region(Region::new(region))
+            // Lookups retry throttling inside the SDK; purchase calls override this to a
+            // single attempt (see `no_retry`).
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .operation_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some((key, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                key.clone(),
+                secret.clone(),
+                None,
+                None,
+                "buyonce-static",
+            ));
+        }
+        let base = loader.load().await;
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                base,
+                accounts: Mutex::new(HashMap::new()),
+                configs: std::sync::Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// SDK configuration for `account` in `region`, with verified credentials.
+    pub async fn config(&self, account: &str, region: &str) -> Result<SdkConfig, PurchaseError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(c) = self
+            .inner
+            .configs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(c);
+        }
+        let credentials = self.credentials_for(account).await?;
+        let config = self
+            .inner
+            .base
+            .to_builder()
+            .region(Region::new(region.to_owned()))
+            .credentials_provider(credentials)
+            .build();
+        if let Ok(mut m) = self.inner.configs.lock() {
+            m.insert(key, config.clone());
+        }
+        Ok(config)
+    }
+
+    async fn credentials_for(
+        &self,
+        account: &str,
+    ) -> Result<SharedCredentialsProvider, PurchaseError> {
+        let mut accounts = self.inner.accounts.lock().await;
+        if let Some(p) = accounts.get(account) {
+            return Ok(p.clone());
+        }
+        let provider = match &self.inner.settings.role_name {
+            Some(role) => {
+                let arn = format!("arn:aws:iam::{account}:role/{role}");
+                let p = aws_config::sts::AssumeRoleProvider::builder(arn)
+                    .session_name("buyonce")
+                    .configure(&self.inner.base)
+                    .build()
+                    .await;
+                SharedCredentialsProvider::new(p)
+            }
+            None => self.inner.base.credentials_provider().ok_or_else(|| {
+                PurchaseError::permanent(
+                    PermanentKind::Auth,
+                    "no AWS credentials found (standard chain: env, profile, web identity, IMDS)",
+                )
+            })?,
+        };
+        // Verify the account before anything can be bought with these credentials.
+        let sts_config = self
+            .inner
+            .base
+            .to_builder()
+            .credentials_provider(provider.clone())
+            .build();
+        let sts = aws_sdk_sts::Client::new(&sts_config);
+        let identity = sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| aws_errors::lookup_failed("sts:GetCallerIdentity", &e))?;
+        let actual = identity.account().unwrap_or_default();
+        if actual != account {
+            return Err(PurchaseError::permanent(
+                PermanentKind::Auth,
+                format!(
+                    "AWS credentials belong to account {actual}, the recommendation is for {account}; \
+                     set BUYONCE_AWS_ROLE_NAME to assume a role in each account"
+                ),
+            ));
+        }
+        accounts.insert(account.to_owned(), provider.clone());
+        Ok(provider)
+    }
+
+    pub async fn ec2(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_ec2::Client, PurchaseError> {
+        Ok(aws_sdk_ec2::Client::new(
+            &self.config(account, region).await?,
+        ))
+    }
+    pub async fn savings_plans(
+        &self,
+        account: &str,
+    ) -> Result<aws_sdk_savingsplans::Client, PurchaseError> {
+        // Savings Plans is a global service served from us-east-1.
+        Ok(aws_sdk_savingsplans::Client::new(
+            &self.config(account, "us-east-1").await?,
+        ))
+    }
+    pub async fn rds(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_rds::Client, PurchaseError> {
+        Ok(aws_sdk_rds::Client::new(
+            &self.config(account, region).await?,
+        ))
+    }
+    pub async fn elasticache(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_elasticache::Client, PurchaseError> {
+        Ok(aws_sdk_elasticache::Client::new(
+            &self.config(account, region).await?,
+        ))
+    }
+    pub async fn memorydb(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_memorydb::Client, PurchaseError> {
+        Ok(aws_sdk_memorydb::Client::new(
+            &self.config(account, region).await?,
+        ))
+    }
+    pub async fn opensearch(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_opensearch::Client, PurchaseError> {
+        Ok(aws_sdk_opensearch::Client::new(
+            &self.config(account, region).await?,
+        ))
+    }
+    pub async fn redshift(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_redshift::Client, PurchaseError> {
+        Ok(aws_sdk_redshift::Client::new(
+            &self.config(account, region).await?,
+        ))
+    }
+}
+
+/// Purchase calls are sent exactly once by the SDK: a retry inside the SDK after a lost
+/// response would buy twice where the provider has no client token (EC2, Redshift).
+pub fn no_retry() -> RetryConfig {
+    RetryConfig::disabled()
+}

@@ -1,0 +1,146 @@
+//! Worker configuration: the shared variables plus the worker's own, validated at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use buyonce_shared::config::{self, vars, CommonConfig, ConfigError, EnvSource, ProcessEnv};
+
+use crate::aws::AwsSettings;
+use crate::azure::AzureSettings;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub common: CommonConfig,
+    /// In-flight purchases (and the AMQP prefetch).
+    pub concurrency: usize,
+    pub per_account_concurrency: usize,
+    pub max_attempts: i32,
+    pub heartbeat_interval: Duration,
+    /// A running item whose heartbeat is older than this is presumed orphaned and may be taken
+    /// over by a redelivered message (3 × the heartbeat interval).
+    pub stale_after: Duration,
+    pub shutdown_grace: Duration,
+    pub dry_run: bool,
+    pub daily_budget_usd: Option<f64>,
+    pub tag_key: String,
+    pub listen: SocketAddr,
+    pub aws: AwsSettings,
+    /// `None` when Azure is not configured (Azure items then fail permanently with a reason).
+    pub azure: Option<AzureSettings>,
+    /// Also archive the dead-letter queue into Postgres.
+    pub archive_dead_letters: bool,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9101";
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let common = CommonConfig::from_source(env)?;
+        let heartbeat_interval = config::parse_positive_duration(env, &vars::HEARTBEAT_INTERVAL)?;
+        let listen_raw = config::get(env, &vars::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
+            var: vars::LISTEN.name.into(),
+            shown: format!("{listen_raw:?}"),
+            problem: format!("{e}"),
+            expected: vars::LISTEN.expected.into(),
+        })?;
+        let tag_key = config::get_or_default(env, &vars::TAG_KEY).unwrap_or_default();
+        if tag_key.is_empty() || tag_key.len() > 128 {
+            return Err(ConfigError::Invalid {
+                var: vars::TAG_KEY.name.into(),
+                shown: format!("{tag_key:?}"),
+                problem: "length".into(),
+                expected: vars::TAG_KEY.expected.into(),
+            });
+        }
+        // Azure is optional: configured when a credential other than the default is chosen or
+        // the client-secret variables are present.
+        let azure_wanted = config::get(env, &vars::AZURE_CREDENTIAL).is_some()
+            || config::get(env, &vars::AZURE_CLIENT_ID).is_some();
+        let azure = if azure_wanted {
+            Some(AzureSettings::from_source(env)?)
+        } else {
+            None
+        };
+        let shutdown_grace = buyonce_shared::duration::parse_duration(
+            &config::get_or_default(env, &vars::SHUTDOWN_GRACE).unwrap_or_default(),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            var: vars::SHUTDOWN_GRACE.name.into(),
+            shown: format!("{:?}", e.input),
+            problem: e.why.into(),
+            expected: vars::SHUTDOWN_GRACE.expected.into(),
+        })?;
+        Ok(Self {
+            concurrency: config::parse_number(env, &vars::CONCURRENCY, 1usize, 10_000)?,
+            per_account_concurrency: config::parse_number(
+                env,
+                &vars::PER_ACCOUNT_CONCURRENCY,
+                1usize,
+                10_000,
+            )?,
+            max_attempts: config::parse_number(env, &vars::MAX_ATTEMPTS, 1i32, 100)?,
+            heartbeat_interval,
+            stale_after: heartbeat_interval * 3,
+            shutdown_grace,
+            dry_run: config::parse_bool(env, &vars::DRY_RUN)?,
+            daily_budget_usd: config::parse_optional_f64(env, &vars::DAILY_BUDGET_USD)?,
+            tag_key,
+            listen,
+            aws: AwsSettings {
+                endpoint_url: config::get(env, &vars::AWS_ENDPOINT_URL),
+                region: config::get_or_default(env, &vars::AWS_REGION),
+                role_name: config::get(env, &vars::AWS_ROLE_NAME),
+                static_credentials: None,
+            },
+            azure,
+            archive_dead_letters: true,
+            common,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let env: [(&str, &str); 0] = [];
+        let c = WorkerConfig::from_source(&env).unwrap();
+        assert_eq!(c.concurrency, 64);
+        assert_eq!(c.per_account_concurrency, 4);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.stale_after, Duration::from_secs(30));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9101");
+        assert!(c.azure.is_none());
+        assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = WorkerConfig::from_source(&[("BUYONCE_CONCURRENCY", "0")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("BUYONCE_CONCURRENCY=\"0\" is invalid"),
+            "{e}"
+        );
+        let e = WorkerConfig::from_source(&[("BUYONCE_DRY_RUN", "maybe")]).unwrap_err();
+        assert!(e.to_string().contains("BUYONCE_DRY_RUN"), "{e}");
+        let e = WorkerConfig::from_source(&[("BUYONCE_AZURE_CREDENTIAL", "client-secret")])
+            .unwrap_err();
+        assert!(e.to_string().contains("AZURE_TENANT_ID"), "{e}");
+        let e = WorkerConfig::from_source(&[
+            ("BUYONCE_AZURE_CREDENTIAL", "emulator"),
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_CLIENT_SECRET", "s"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Classifying AWS SDK errors into transient (retry through the queue, guard first) and
+//! permanent (nothing was bought, nothing will be without a change).
+//!
+//! The rule that matters for money: anything that may have reached the provider without a
+//! clear refusal (timeouts, dropped connections, unparseable responses, 5xx) is transient, so
+//! the next attempt runs the guard before it could buy again.
+
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use super::{PermanentKind, PurchaseError};
+
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
+    "BandwidthLimitExceeded",
+];
+
+const SERVER: &[&str] = &[
+    "InternalFailure",
+    "InternalError",
+    "InternalServerError",
+    "InternalServerException",
+    "InternalException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "Unavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "RequestExpired",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "IDPCommunicationError",
+];
+
+const AUTH: &[&str] = &[
+    "AuthFailure",
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "MissingAuthenticationToken",
+    "OptInRequired",
+];
+
+const FUNDS: &[&str] = &[
+    "InsufficientFunds",
+    "InsufficientReservedInstanceCapacity",
+    "PendingVerification",
+];
+
+/// The error code of a service error (`None` for transport errors).
+pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(se) => se.err().code(),
+        _ => None,
+    }
+}
+
+/// Classifies an SDK error from operation `op`.
+pub fn classify<E>(op: &str, err: &SdkError<E, HttpResponse>) -> PurchaseError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ConstructionFailure(_) => PurchaseError::permanent(
+            PermanentKind::Validation,
+            format!(
+                "{op}: request could not be built: {}",
+                DisplayErrorContext(err)
+            ),
+        ),
+        SdkError::TimeoutError(_) => PurchaseError::transient(format!("{op}: timed out")),
+        SdkError::DispatchFailure(_) => {
+            PurchaseError::transient(format!("{op}: network error: {}", DisplayErrorContext(err)))
+        }
+        SdkError::ResponseError(_) => PurchaseError::transient(format!(
+            "{op}: unreadable response: {}",
+            DisplayErrorContext(err)
+        )),
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("Unknown");
+            let message = se.err().message().unwrap_or("");
+            let text = format!("{op}: {code} (HTTP {status}): {message}");
+            if THROTTLING.contains(&code)
+                || SERVER.contains(&code)
+                || status >= 500
+                || status == 429
+            {
+                PurchaseError::transient(text)
+            } else if AUTH.contains(&code) || status == 401 || status == 403 {
+                PurchaseError::permanent(PermanentKind::Auth, text)
+            } else if FUNDS.contains(&code) {
+                PurchaseError::permanent(PermanentKind::Funds, text)
+            } else {
+                PurchaseError::permanent(PermanentKind::Validation, text)
+            }
+        }
+        _ => PurchaseError::transient(format!("{op}: {}", DisplayErrorContext(err))),
+    }
+}
+
+/// Classifies a failed guard lookup: a lookup that failed for any reason refuses the purchase.
+/// Auth failures stay permanent (they will not heal); everything else is transient.
+pub fn lookup_failed<E>(op: &str, err: &SdkError<E, HttpResponse>) -> PurchaseError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match classify(op, err) {
+        p @ PurchaseError::Permanent {
+            kind: PermanentKind::Auth,
+            ..
+        } => p,
+        other => PurchaseError::transient(format!(
+            "guard lookup failed, refusing to buy: {}",
+            match other {
+                PurchaseError::Transient(m) | PurchaseError::Permanent { message: m, .. } => m,
+                PurchaseError::OverBudget(m) | PurchaseError::DryRun(m) => m,
+                PurchaseError::Paused => "paused".into(),
+            }
+        )),
+    }
+}

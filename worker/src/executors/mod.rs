@@ -1,0 +1,242 @@
+//! Provider executors: one file per service, one registration list ([`registry`]).
+//!
+//! Each executor buys one recommendation **idempotently** with the token as DESIGN §3 specifies:
+//! a guard lookup first (a failed lookup refuses to buy), the purchase call with the token as the
+//! provider-visible handle, recovery of an `AlreadyExists`. Executors never retry a purchase call
+//! themselves (SDK retries are disabled for purchases): a possibly-committed purchase is retried
+//! only through the queue, and every retry starts with the guard.
+
+pub mod aws_errors;
+pub mod azure;
+pub mod ec2;
+pub mod elasticache;
+pub mod memorydb;
+pub mod opensearch;
+pub mod rds;
+pub mod redshift;
+pub mod savings_plans;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use buyonce_shared::{IdempotencyToken, Recommendation, Service};
+use serde_json::Value;
+
+use crate::aws::AwsClients;
+use crate::azure::AzureClient;
+
+/// Everything an executor needs to know about the item it buys.
+pub struct PurchaseRequest<'a> {
+    pub token: &'a IdempotencyToken,
+    pub rec: &'a Recommendation,
+    pub execution_id: &'a str,
+    pub rec_index: i32,
+    /// What an earlier attempt saved before buying (Azure order ID, EC2/Redshift snapshot).
+    pub intent: Option<&'a Value>,
+}
+
+/// How the commitment was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// This attempt bought it.
+    Purchased,
+    /// The purchase call said it already exists (or an earlier attempt's purchase was found
+    /// through the intent); recovered.
+    Recovered,
+    /// The guard lookup found it before any purchase call.
+    Guard,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Purchased => "purchased",
+            How::Recovered => "recovered",
+            How::Guard => "guard",
+        }
+    }
+}
+
+/// A commitment that exists now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Purchased {
+    pub commitment_id: String,
+    /// Upfront cost in USD, read from the provider (re-read for recovered commitments).
+    pub cost_usd: Option<f64>,
+    pub how: How,
+    /// Bought, but the token tag is not written yet (EC2); the reaper retries it.
+    pub tag_pending: bool,
+}
+
+/// Why a permanent failure is permanent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PermanentKind {
+    /// The provider rejected the request as invalid.
+    Validation,
+    /// No offering (or several) match the recommendation.
+    UnknownOffering,
+    /// The offering costs more than `max_upfront_usd`.
+    SpendCap,
+    /// Credentials refused or for the wrong account.
+    Auth,
+    /// Insufficient funds / billing refused.
+    Funds,
+}
+
+/// Why a purchase did not end in a commitment. The handler maps these to retry / dead letter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PurchaseError {
+    /// May succeed later (throttling, 5xx, timeout, network, failed guard lookup, lock busy).
+    /// The purchase may or may not have happened; the next attempt starts with the guard.
+    Transient(String),
+    /// Will not succeed without a change; nothing was bought.
+    Permanent {
+        kind: PermanentKind,
+        message: String,
+    },
+    /// The daily budget is exhausted: wait, do not count an attempt.
+    OverBudget(String),
+    /// Dry run: everything resolved, nothing bought.
+    DryRun(String),
+    /// The fleet was paused between the claim and the buy call: wait, do not count an attempt.
+    Paused,
+}
+
+impl PurchaseError {
+    pub fn transient(msg: impl Into<String>) -> Self {
+        PurchaseError::Transient(msg.into())
+    }
+    pub fn permanent(kind: PermanentKind, msg: impl Into<String>) -> Self {
+        PurchaseError::Permanent {
+            kind,
+            message: msg.into(),
+        }
+    }
+}
+
+impl fmt::Display for PurchaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PurchaseError::Transient(m) => write!(f, "transient: {m}"),
+            PurchaseError::Permanent { kind, message } => {
+                write!(f, "permanent ({kind:?}): {message}")
+            }
+            PurchaseError::OverBudget(m) => write!(f, "over budget: {m}"),
+            PurchaseError::DryRun(m) => write!(f, "dry run: {m}"),
+            PurchaseError::Paused => f.write_str("fleet paused"),
+        }
+    }
+}
+
+/// What executors ask of the worker while buying.
+#[async_trait]
+pub trait PurchaseContext: Send + Sync {
+    /// The last check before the buy call: spend cap (`max_upfront_usd`), dry run, and the
+    /// daily budget reservation. `what` describes the offering for messages.
+    async fn authorize_spend(&self, upfront_usd: f64, what: &str) -> Result<(), PurchaseError>;
+    /// Saves intent on the item before buying; an error means "do not buy".
+    async fn save_intent(&self, state: &Value) -> Result<(), PurchaseError>;
+    /// Serialises purchases of one (account, region, offering) across the fleet, so that a
+    /// snapshot-based attribution is never ambiguous. The context holds the lock until the
+    /// purchase is recorded in Postgres (or has failed), so no other item can attribute the
+    /// new commitment to itself in between.
+    async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError>;
+    /// Whether `commitment_id` is already recorded in the ledger for another token.
+    async fn attributed_elsewhere(&self, commitment_id: &str) -> Result<bool, PurchaseError>;
+    /// The tag key carrying the token.
+    fn tag_key(&self) -> &str;
+    /// Dry run: executors may use the provider's native dry run (EC2 `DryRun`).
+    fn dry_run(&self) -> bool;
+}
+
+/// A provider executor.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Buys (or finds) the commitment for `req`, idempotently.
+    async fn purchase(
+        &self,
+        req: &PurchaseRequest<'_>,
+        ctx: &dyn PurchaseContext,
+    ) -> Result<Purchased, PurchaseError>;
+
+    /// Retries the token tag of an already-recorded commitment (EC2); `Ok(true)` when the tag
+    /// is in place. Services without tags have nothing to do.
+    async fn retag(
+        &self,
+        _rec: &Recommendation,
+        _token: &IdempotencyToken,
+        _commitment_id: &str,
+        _tag_key: &str,
+    ) -> Result<bool, PurchaseError> {
+        Ok(true)
+    }
+}
+
+/// The executors by service: adding a service is one file and one line here.
+pub fn registry(
+    aws: AwsClients,
+    azure: Option<AzureClient>,
+) -> HashMap<Service, Arc<dyn Executor>> {
+    let mut map: HashMap<Service, Arc<dyn Executor>> = HashMap::new();
+    map.insert(
+        Service::SavingsPlans,
+        Arc::new(savings_plans::SavingsPlans::new(aws.clone())),
+    );
+    map.insert(Service::Ec2, Arc::new(ec2::Ec2::new(aws.clone())));
+    map.insert(Service::Rds, Arc::new(rds::Rds::new(aws.clone())));
+    map.insert(
+        Service::Elasticache,
+        Arc::new(elasticache::ElastiCache::new(aws.clone())),
+    );
+    map.insert(
+        Service::Memorydb,
+        Arc::new(memorydb::MemoryDb::new(aws.clone())),
+    );
+    map.insert(
+        Service::Opensearch,
+        Arc::new(opensearch::OpenSearch::new(aws.clone())),
+    );
+    map.insert(Service::Redshift, Arc::new(redshift::Redshift::new(aws)));
+    if let Some(azure) = azure {
+        for service in [
+            Service::Vm,
+            Service::SqlDatabase,
+            Service::RedisCache,
+            Service::CosmosDb,
+            Service::Search,
+        ] {
+            map.insert(
+                service,
+                Arc::new(azure::AzureReservations::new(azure.clone(), service)),
+            );
+        }
+    }
+    map
+}
+
+/// `x` if present, else a permanent validation error naming the missing field.
+pub(crate) fn required<'a>(
+    value: &'a Option<String>,
+    field: &str,
+) -> Result<&'a str, PurchaseError> {
+    value.as_deref().ok_or_else(|| {
+        PurchaseError::permanent(PermanentKind::Validation, format!("{field} is required"))
+    })
+}
+
+/// Picks exactly one offering, or a permanent error naming the attributes.
+pub(crate) fn exactly_one<T>(mut found: Vec<T>, what: &str) -> Result<T, PurchaseError> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(PurchaseError::permanent(
+            PermanentKind::UnknownOffering,
+            format!("no offering matches {what}"),
+        )),
+        n => Err(PurchaseError::permanent(
+            PermanentKind::UnknownOffering,
+            format!("{n} offerings match {what}; set offering_id to choose one"),
+        )),
+    }
+}

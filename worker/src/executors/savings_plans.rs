@@ -1,0 +1,170 @@
+//! Savings Plans: `CreateSavingsPlan` with `clientToken = token`; AWS dedupes natively.
+//!
+//! The SDK invents a random `clientToken` on every call when none is set, which would make a
+//! retry a second purchase — so it is always set, to the token. The token is also written as a
+//! tag for people looking at the plan in the console.
+
+use async_trait::async_trait;
+use aws_sdk_savingsplans::types::{
+    CurrencyCode, SavingsPlanOfferingFilterAttribute, SavingsPlanOfferingFilterElement,
+    SavingsPlanPaymentOption, SavingsPlanType,
+};
+use buyonce_shared::document::PlanType;
+use buyonce_shared::Payment;
+
+use super::aws_errors::{classify, lookup_failed};
+use super::{
+    exactly_one, Executor, How, PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest,
+    Purchased,
+};
+use crate::aws::{no_retry, AwsClients};
+
+pub struct SavingsPlans {
+    aws: AwsClients,
+}
+
+impl SavingsPlans {
+    pub fn new(aws: AwsClients) -> Self {
+        Self { aws }
+    }
+}
+
+fn plan_type(p: Option<PlanType>) -> SavingsPlanType {
+    match p {
+        Some(PlanType::Ec2Instance) => SavingsPlanType::Ec2Instance,
+        Some(PlanType::Sagemaker) => SavingsPlanType::Sagemaker,
+        Some(PlanType::Compute) | None => SavingsPlanType::Compute,
+    }
+}
+
+fn payment_option(p: Payment) -> SavingsPlanPaymentOption {
+    match p {
+        Payment::AllUpfront | Payment::Upfront => SavingsPlanPaymentOption::AllUpfront,
+        Payment::PartialUpfront => SavingsPlanPaymentOption::PartialUpfront,
+        Payment::NoUpfront | Payment::Monthly => SavingsPlanPaymentOption::NoUpfront,
+    }
+}
+
+/// Upfront share of the total commitment: all, half (AWS's default split), or nothing.
+fn upfront_fraction(p: Payment) -> f64 {
+    match p {
+        Payment::AllUpfront | Payment::Upfront => 1.0,
+        Payment::PartialUpfront => 0.5,
+        Payment::NoUpfront | Payment::Monthly => 0.0,
+    }
+}
+
+fn parse_usd(s: Option<&str>) -> Option<f64> {
+    s.and_then(|v| v.trim().parse().ok())
+}
+
+#[async_trait]
+impl Executor for SavingsPlans {
+    async fn purchase(
+        &self,
+        req: &PurchaseRequest<'_>,
+        ctx: &dyn PurchaseContext,
+    ) -> Result<Purchased, PurchaseError> {
+        let rec = req.rec;
+        let client = self.aws.savings_plans(&rec.account).await?;
+        let commitment = rec.commitment_usd_per_hour.ok_or_else(|| {
+            PurchaseError::permanent(
+                PermanentKind::Validation,
+                "commitment_usd_per_hour is required",
+            )
+        })?;
+
+        let offering_id = match &rec.offering_id {
+            Some(id) => id.clone(),
+            None => {
+                let mut lookup = client
+                    .describe_savings_plans_offerings()
+                    .plan_types(plan_type(rec.plan_type))
+                    .durations(rec.term.seconds())
+                    .payment_options(payment_option(rec.payment))
+                    .currencies(CurrencyCode::Usd);
+                if rec.plan_type == Some(PlanType::Ec2Instance) {
+                    if let Some(region) = &rec.region {
+                        lookup = lookup.filters(
+                            SavingsPlanOfferingFilterElement::builder()
+                                .name(SavingsPlanOfferingFilterAttribute::Region)
+                                .values(region)
+                                .build(),
+                        );
+                    }
+                    if let Some(family) = &rec.resource_type {
+                        lookup = lookup.filters(
+                            SavingsPlanOfferingFilterElement::builder()
+                                .name(SavingsPlanOfferingFilterAttribute::InstanceFamily)
+                                .values(family)
+                                .build(),
+                        );
+                    }
+                }
+                let out = lookup
+                    .send()
+                    .await
+                    .map_err(|e| lookup_failed("savingsplans:DescribeSavingsPlansOfferings", &e))?;
+                let ids: Vec<String> = out
+                    .search_results()
+                    .iter()
+                    .filter_map(|o| o.offering_id().map(str::to_owned))
+                    .collect();
+                exactly_one(ids, &rec.describe())?
+            }
+        };
+
+        let hours = rec.term.seconds() as f64 / 3600.0;
+        let upfront = commitment * hours * upfront_fraction(rec.payment);
+        ctx.authorize_spend(upfront, &format!("savings plan offering {offering_id}"))
+            .await?;
+
+        let mut create = client
+            .create_savings_plan()
+            .savings_plan_offering_id(&offering_id)
+            .commitment(format!("{commitment}"))
+            // Always set: the SDK would otherwise invent a fresh token per call.
+            .client_token(req.token.as_str())
+            .tags(ctx.tag_key(), req.token.as_str());
+        if rec.payment == Payment::PartialUpfront {
+            create = create.upfront_payment_amount(format!("{upfront:.2}"));
+        }
+        let created = create
+            .customize()
+            .config_override(
+                aws_sdk_savingsplans::config::Builder::default().retry_config(no_retry()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("savingsplans:CreateSavingsPlan", &e))?;
+        let plan_id = created.savings_plan_id().unwrap_or_default().to_owned();
+        if plan_id.is_empty() {
+            return Err(PurchaseError::transient(
+                "savingsplans:CreateSavingsPlan returned no savingsPlanId",
+            ));
+        }
+
+        // Re-read the plan: with a reused client token AWS returns the existing plan, and its
+        // recorded upfront amount is what was actually committed.
+        let cost = match client
+            .describe_savings_plans()
+            .savings_plan_ids(&plan_id)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .savings_plans()
+                .first()
+                .and_then(|p| parse_usd(p.upfront_payment_amount()))
+                .or(Some(upfront)),
+            // The plan exists; a failed re-read only loses the price detail.
+            Err(_) => Some(upfront),
+        };
+        Ok(Purchased {
+            commitment_id: plan_id,
+            cost_usd: cost,
+            how: How::Purchased,
+            tag_pending: false,
+        })
+    }
+}

@@ -1,0 +1,599 @@
+//! Decide: one message in, one [`Outcome`] out. No broker here — the consumer maps outcomes to
+//! ack / retry queue / dead letter in one place, and tests call [`Handler::handle`] directly.
+//!
+//! Per message: decode strictly → check the token derives from (lineage, index) → claim in
+//! Postgres (authorises against the approved item) → buy through the service's executor while
+//! heartbeating → record the commitment and the item's success in one statement → done.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use buyonce_shared::store::control::Reservation;
+use buyonce_shared::store::items::{Claim, Recorded};
+use buyonce_shared::store::{Cas, ItemStatus, Store};
+use buyonce_shared::{
+    DeadLetterReason, IdempotencyToken, PurchaseMessage, Recommendation, Service,
+};
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::executors::{
+    Executor, PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
+};
+use crate::locks::OfferingLock;
+use crate::metrics::Metrics;
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Ack. `note` says why (purchased, already-succeeded, cancelled, ...).
+    Done { note: &'static str },
+    /// Park the message in retry wait queue `level` for `after`, then ack.
+    Retry {
+        level: usize,
+        after: Duration,
+        reason: &'static str,
+    },
+    /// Publish to the dead-letter exchange with the reason headers, then ack.
+    Dead {
+        reason: DeadLetterReason,
+        error: String,
+    },
+}
+
+/// Knobs of the handler (from [`crate::config::WorkerConfig`]).
+#[derive(Debug, Clone)]
+pub struct HandlerSettings {
+    pub max_attempts: i32,
+    pub heartbeat_interval: Duration,
+    pub stale_after: Duration,
+    pub dry_run: bool,
+    pub daily_budget_usd: Option<f64>,
+    pub tag_key: String,
+    pub retry_delays: Vec<Duration>,
+    pub per_account_concurrency: usize,
+}
+
+/// Limits in-flight purchases per cloud account, so one throttled account cannot take every
+/// slot of the worker.
+#[derive(Default)]
+struct AccountLimiter {
+    limit: usize,
+    semaphores: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl AccountLimiter {
+    async fn acquire(&self, account: &str) -> Option<OwnedSemaphorePermit> {
+        let sem = {
+            let mut map = self.semaphores.lock().ok()?;
+            map.entry(account.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit.max(1))))
+                .clone()
+        };
+        sem.acquire_owned().await.ok()
+    }
+}
+
+/// Handles purchase messages. Cheap to share (`Arc`).
+pub struct Handler {
+    store: Store,
+    executors: HashMap<Service, Arc<dyn Executor>>,
+    settings: HandlerSettings,
+    accounts: AccountLimiter,
+    metrics: Arc<Metrics>,
+}
+
+impl Handler {
+    pub fn new(
+        store: Store,
+        executors: HashMap<Service, Arc<dyn Executor>>,
+        settings: HandlerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let accounts = AccountLimiter {
+            limit: settings.per_account_concurrency,
+            semaphores: Default::default(),
+        };
+        Self {
+            store,
+            executors,
+            settings,
+            accounts,
+            metrics,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn executors(&self) -> &HashMap<Service, Arc<dyn Executor>> {
+        &self.executors
+    }
+
+    /// A retry after about `base` × 2^(n), on the wait-queue level that fits, with jitter
+    /// (50–100 % of the level's delay) so retries of many items spread out.
+    fn retry(&self, level: usize, reason: &'static str) -> Outcome {
+        let delays = &self.settings.retry_delays;
+        let level = level.min(delays.len().saturating_sub(1));
+        let base = delays.get(level).copied().unwrap_or(Duration::from_secs(1));
+        let factor: f64 = rand::rng().random_range(0.5..=1.0);
+        Outcome::Retry {
+            level,
+            after: base.mul_f64(factor),
+            reason,
+        }
+    }
+
+    /// A retry after at least `min` (for "owner alive", "paused"): the first level ≥ `min`.
+    fn retry_after_at_least(&self, min: Duration, reason: &'static str) -> Outcome {
+        let delays = &self.settings.retry_delays;
+        let level = delays
+            .iter()
+            .position(|d| *d >= min)
+            .unwrap_or(delays.len().saturating_sub(1));
+        Outcome::Retry {
+            level,
+            after: delays.get(level).copied().unwrap_or(min).max(min),
+            reason,
+        }
+    }
+
+    /// Handles one message body.
+    pub async fn handle(&self, body: &[u8]) -> Outcome {
+        let msg = match PurchaseMessage::decode(body) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(reason = %e.reason(), error = %e, "refusing undecodable message");
+                return Outcome::Dead {
+                    reason: e.reason(),
+                    error: e.to_string(),
+                };
+            }
+        };
+        let span = tracing::info_span!(
+            "item",
+            execution.id = %msg.execution_id,
+            item.rec_index = %msg.rec_index,
+            token = %msg.token.mask(),
+            service = %msg.recommendation.service,
+        );
+        self.handle_message(msg).instrument(span).await
+    }
+
+    async fn handle_message(&self, msg: PurchaseMessage) -> Outcome {
+        if msg.token != msg.expected_token() {
+            warn!("token does not derive from (lineage_key, rec_index); refusing");
+            return Outcome::Dead {
+                reason: DeadLetterReason::TokenMismatch,
+                error: format!(
+                    "message token {} is not SHA-256(lineage_key:rec_index) = {}",
+                    msg.token.mask(),
+                    msg.expected_token().mask()
+                ),
+            };
+        }
+        let _account_slot = self.accounts.acquire(&msg.recommendation.account).await;
+
+        let claim = match self.store.claim(&msg, self.settings.stale_after).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot claim: database unavailable; retrying later");
+                return self.retry(0, "database");
+            }
+        };
+        let (claim_id, attempts, intent) = match claim {
+            Claim::Claimed {
+                claim_id,
+                attempts,
+                provider_state,
+            } => (claim_id, attempts, provider_state),
+            Claim::UnknownItem => {
+                warn!("no such execution item in Postgres; refusing");
+                return Outcome::Dead {
+                    reason: DeadLetterReason::UnknownItem,
+                    error: "no approved execution item matches this message".into(),
+                };
+            }
+            Claim::TokenMismatch => {
+                warn!("token differs from the stored one; refusing");
+                return Outcome::Dead {
+                    reason: DeadLetterReason::TokenMismatch,
+                    error: "message token differs from the token stored for this item".into(),
+                };
+            }
+            Claim::RecommendationMismatch => {
+                warn!("recommendation differs from the approved one; refusing");
+                return Outcome::Dead {
+                    reason: DeadLetterReason::RecommendationMismatch,
+                    error:
+                        "message recommendation differs from the approved one stored in Postgres"
+                            .into(),
+                };
+            }
+            Claim::Cancelled => {
+                info!("execution or item cancelled; nothing to buy");
+                return Outcome::Done { note: "cancelled" };
+            }
+            Claim::AlreadySucceeded { commitment_id } => {
+                debug!(commitment.id = ?commitment_id, "already bought; no provider call");
+                return Outcome::Done {
+                    note: "already-succeeded",
+                };
+            }
+            Claim::Ended { status } => {
+                info!(
+                    status = status.as_str(),
+                    "item already ended; re-drive is an operator action"
+                );
+                return Outcome::Done { note: "ended" };
+            }
+            Claim::Paused => {
+                self.metrics.paused.set(1);
+                debug!("fleet paused; message parked");
+                return self.retry_after_at_least(Duration::from_secs(1), "paused");
+            }
+            Claim::OwnedElsewhere => {
+                // Another worker holds a live claim. If it dies, its heartbeat goes stale and this
+                // copy takes over; if it succeeds, this copy finds the item succeeded.
+                debug!("item owned by a live claim; checking back after the stale threshold");
+                return self.retry_after_at_least(self.settings.stale_after, "owned-elsewhere");
+            }
+        };
+        self.metrics.paused.set(0);
+
+        let service = msg.recommendation.service;
+        let Some(executor) = self.executors.get(&service).cloned() else {
+            let error = format!("no executor configured for {service} (is Azure configured?)");
+            self.end(&msg.token, claim_id, ItemStatus::Failed, &error)
+                .await;
+            return Outcome::Dead {
+                reason: DeadLetterReason::PermanentFailure,
+                error,
+            };
+        };
+
+        let ctx = WorkerContext {
+            store: &self.store,
+            token: &msg.token,
+            claim_id,
+            rec: &msg.recommendation,
+            settings: &self.settings,
+            lock: Mutex::new(None),
+            reserved: AtomicBool::new(false),
+        };
+        let req = PurchaseRequest {
+            token: &msg.token,
+            rec: &msg.recommendation,
+            execution_id: msg.execution_id.as_str(),
+            rec_index: msg.rec_index.as_i32(),
+            intent: intent.as_ref(),
+        };
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let result = with_heartbeat(
+            &self.store,
+            &msg.token,
+            claim_id,
+            self.settings.heartbeat_interval,
+            executor.purchase(&req, &ctx),
+        )
+        .await;
+        self.metrics.in_flight.dec();
+        let labels = |outcome: &str| {
+            vec![
+                ("provider", service.provider().as_str().to_owned()),
+                ("service", service.as_str().to_owned()),
+                ("outcome", outcome.to_owned()),
+            ]
+        };
+        self.metrics
+            .purchase_seconds
+            .get_or_create(&vec![("service", service.as_str().to_owned())])
+            .observe(started.elapsed().as_secs_f64());
+
+        match result {
+            Ok(purchased) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels(purchased.how.as_str()))
+                    .inc();
+                let outcome = self.record(&msg, &purchased).await;
+                // The offering lock (if any) is released only now, after the record.
+                drop(ctx);
+                outcome
+            }
+            Err(PurchaseError::Transient(error)) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels("transient"))
+                    .inc();
+                drop(ctx);
+                if attempts >= self.settings.max_attempts {
+                    let error = format!("gave up after {attempts} attempts; last error: {error}");
+                    warn!(%error, "attempts exhausted; item is dead");
+                    self.end(&msg.token, claim_id, ItemStatus::Dead, &error)
+                        .await;
+                    return Outcome::Dead {
+                        reason: DeadLetterReason::MaxAttempts,
+                        error,
+                    };
+                }
+                warn!(attempt = attempts, %error, "transient failure; will retry");
+                if let Err(e) = self
+                    .store
+                    .release_for_retry(&msg.token, claim_id, &error, false)
+                    .await
+                {
+                    // The item stays running; the retry takes it over once the heartbeat is stale.
+                    warn!(error = %e, "could not release the item for retry");
+                    return self.retry_after_at_least(self.settings.stale_after, "transient");
+                }
+                self.retry((attempts.max(1) - 1) as usize, "transient")
+            }
+            Err(PurchaseError::Permanent { kind, message }) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels("permanent"))
+                    .inc();
+                let reserved = ctx.reserved.load(Ordering::SeqCst);
+                drop(ctx);
+                warn!(kind = ?kind, error = %message, "permanent failure; nothing bought");
+                if reserved {
+                    // Certainly not bought: give the budget back.
+                    let _ = self.store.release_budget(msg.token.as_str()).await;
+                }
+                self.end(&msg.token, claim_id, ItemStatus::Failed, &message)
+                    .await;
+                Outcome::Dead {
+                    reason: if kind == PermanentKind::SpendCap {
+                        DeadLetterReason::SpendCap
+                    } else {
+                        DeadLetterReason::PermanentFailure
+                    },
+                    error: message,
+                }
+            }
+            Err(PurchaseError::OverBudget(message)) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels("over-budget"))
+                    .inc();
+                drop(ctx);
+                info!(%message, "daily budget exhausted; item waits");
+                let _ = self
+                    .store
+                    .release_for_retry(&msg.token, claim_id, &message, true)
+                    .await;
+                self.retry(usize::MAX, "budget")
+            }
+            Err(PurchaseError::Paused) => {
+                drop(ctx);
+                self.metrics.paused.set(1);
+                let _ = self
+                    .store
+                    .release_for_retry(
+                        &msg.token,
+                        claim_id,
+                        "fleet paused before the purchase",
+                        true,
+                    )
+                    .await;
+                self.retry_after_at_least(Duration::from_secs(1), "paused")
+            }
+            Err(PurchaseError::DryRun(message)) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels("dry-run"))
+                    .inc();
+                drop(ctx);
+                let error = format!(
+                    "dry run, nothing bought: would buy {message}; re-drive with dry run off to buy"
+                );
+                info!(%error, "dry run");
+                self.end(&msg.token, claim_id, ItemStatus::Failed, &error)
+                    .await;
+                Outcome::Done { note: "dry-run" }
+            }
+        }
+    }
+
+    /// Records the commitment and the item's success; retries the write briefly, because the
+    /// commitment exists now whatever Postgres says.
+    async fn record(&self, msg: &PurchaseMessage, purchased: &Purchased) -> Outcome {
+        let recorded = Recorded {
+            commitment_id: purchased.commitment_id.clone(),
+            cost_usd: purchased.cost_usd,
+            how: purchased.how.as_str(),
+            tag_pending: purchased.tag_pending,
+        };
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match self.store.record_success(&msg.token, &recorded).await {
+                Ok(Cas::Applied(execution_id)) => {
+                    info!(
+                        commitment.id = %purchased.commitment_id,
+                        how = purchased.how.as_str(),
+                        cost_usd = ?purchased.cost_usd,
+                        tag_pending = purchased.tag_pending,
+                        "commitment recorded"
+                    );
+                    self.finish_execution(&execution_id).await;
+                    return Outcome::Done {
+                        note: purchased.how.as_str(),
+                    };
+                }
+                Ok(Cas::Conflict { .. }) => {
+                    return Outcome::Done {
+                        note: "already-succeeded",
+                    }
+                }
+                Ok(Cas::NotFound) => {
+                    warn!(
+                        "bought, but the item row is gone; the commitment is in the provider only"
+                    );
+                    return Outcome::Done {
+                        note: "item-missing",
+                    };
+                }
+                Err(e) => {
+                    warn!(attempt, error = %e, "bought, but recording failed; retrying the write");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        // Still running with our claim; once the heartbeat is stale a redelivery takes over and
+        // the guard finds the commitment.
+        self.retry_after_at_least(self.settings.stale_after, "record-failed")
+    }
+
+    async fn end(&self, token: &IdempotencyToken, claim_id: Uuid, status: ItemStatus, error: &str) {
+        match self
+            .store
+            .finish_unsuccessful(token, claim_id, status, error)
+            .await
+        {
+            Ok(Cas::Applied(execution_id)) => self.finish_execution(&execution_id).await,
+            Ok(other) => debug!(cas = %other, "item moved on meanwhile"),
+            Err(e) => warn!(error = %e, "could not mark the item {}", status.as_str()),
+        }
+    }
+
+    async fn finish_execution(&self, execution_id: &str) {
+        match self.store.finish_execution_if_done(execution_id).await {
+            Ok(Some(status)) => {
+                info!(execution.id = %execution_id, status = status.as_str(), "execution finished")
+            }
+            Ok(None) => {}
+            // The reaper fixes the aggregate later.
+            Err(e) => warn!(error = %e, "could not update the execution's status"),
+        }
+    }
+}
+
+/// Runs `fut`, refreshing the item's heartbeat every `interval` so the reaper never reaps a
+/// live purchase.
+async fn with_heartbeat<F: Future>(
+    store: &Store,
+    token: &IdempotencyToken,
+    claim_id: Uuid,
+    interval: Duration,
+    fut: F,
+) -> F::Output {
+    tokio::pin!(fut);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = ticker.tick() => match store.heartbeat(token, claim_id).await {
+                Ok(true) => debug!("heartbeat"),
+                Ok(false) => warn!("heartbeat found the claim gone; the purchase continues and will be recorded"),
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            },
+        }
+    }
+}
+
+/// The worker side of [`PurchaseContext`] for one item.
+struct WorkerContext<'a> {
+    store: &'a Store,
+    token: &'a IdempotencyToken,
+    claim_id: Uuid,
+    rec: &'a Recommendation,
+    settings: &'a HandlerSettings,
+    lock: Mutex<Option<OfferingLock>>,
+    reserved: AtomicBool,
+}
+
+#[async_trait]
+impl PurchaseContext for WorkerContext<'_> {
+    async fn authorize_spend(&self, upfront_usd: f64, what: &str) -> Result<(), PurchaseError> {
+        if let Some(cap) = self.rec.max_upfront_usd {
+            if upfront_usd > cap + 1e-6 {
+                return Err(PurchaseError::permanent(
+                    PermanentKind::SpendCap,
+                    format!(
+                        "{what} costs ${upfront_usd:.2} upfront, above max_upfront_usd ${cap:.2}; nothing bought"
+                    ),
+                ));
+            }
+        }
+        if self.settings.dry_run {
+            return Err(PurchaseError::DryRun(format!(
+                "{what} for ${upfront_usd:.2} upfront"
+            )));
+        }
+        // The brake is checked again right before the buy call, not only at the claim.
+        match self.store.pause_state().await {
+            Ok(p) if p.paused => return Err(PurchaseError::Paused),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(PurchaseError::transient(format!(
+                    "cannot read the pause flag: {e}"
+                )))
+            }
+        }
+        if let Some(budget) = self.settings.daily_budget_usd {
+            match self.store.reserve_budget(self.token.as_str(), upfront_usd, budget).await {
+                Ok(Reservation::Reserved | Reservation::AlreadyReserved) => {
+                    self.reserved.store(true, Ordering::SeqCst);
+                }
+                Ok(Reservation::OverBudget {
+                    reserved_usd,
+                    budget_usd,
+                }) => {
+                    return Err(PurchaseError::OverBudget(format!(
+                        "today's reserved spend ${reserved_usd:.2} + ${upfront_usd:.2} for {what} would exceed the daily budget ${budget_usd:.2}"
+                    )))
+                }
+                Err(e) => return Err(PurchaseError::transient(format!("budget reservation failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_intent(&self, state: &Value) -> Result<(), PurchaseError> {
+        match self
+            .store
+            .set_provider_state(self.token, self.claim_id, state)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PurchaseError::transient(
+                "lost the claim before saving the purchase intent; not buying",
+            )),
+            Err(e) => Err(PurchaseError::transient(format!(
+                "cannot save the purchase intent, not buying: {e}"
+            ))),
+        }
+    }
+
+    async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError> {
+        let lock = OfferingLock::acquire(self.store.pool(), key).await?;
+        *self.lock.lock().await = Some(lock);
+        Ok(())
+    }
+
+    async fn attributed_elsewhere(&self, commitment_id: &str) -> Result<bool, PurchaseError> {
+        self.store
+            .attributed_elsewhere(commitment_id, self.token.as_str())
+            .await
+            .map_err(|e| PurchaseError::transient(format!("ledger lookup failed, not buying: {e}")))
+    }
+
+    fn tag_key(&self) -> &str {
+        &self.settings.tag_key
+    }
+
+    fn dry_run(&self) -> bool {
+        self.settings.dry_run
+    }
+}

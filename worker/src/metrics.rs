@@ -1,0 +1,116 @@
+//! Prometheus metrics of the worker and the reaper.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the worker exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Deliveries by outcome (`done`, `retry`, `dead`, `requeue`) and note.
+    pub deliveries: Family<Labels, Counter>,
+    /// Purchases by provider, service and outcome (`purchased`, `recovered`, `guard`,
+    /// `transient`, `permanent`, `over-budget`, `dry-run`).
+    pub purchases: Family<Labels, Counter>,
+    /// Time in the executor, by service.
+    pub purchase_seconds: Family<Labels, Histogram>,
+    pub in_flight: Gauge,
+    pub retries: Family<Labels, Counter>,
+    pub dead_letters: Family<Labels, Counter>,
+    /// 1 while the fleet is paused (as last seen by this worker).
+    pub paused: Gauge,
+    pub reconnects: Counter,
+    pub archived_dead_letters: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("buyonce");
+        let deliveries = Family::<Labels, Counter>::default();
+        let purchases = Family::<Labels, Counter>::default();
+        let purchase_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.005, 2.0, 14))) as fn() -> Histogram,
+        );
+        let in_flight = Gauge::default();
+        let retries = Family::<Labels, Counter>::default();
+        let dead_letters = Family::<Labels, Counter>::default();
+        let paused = Gauge::default();
+        let reconnects = Counter::default();
+        let archived_dead_letters = Counter::default();
+        registry.register(
+            "deliveries",
+            "Messages handled, by outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "purchases",
+            "Purchase attempts, by provider, service and outcome",
+            purchases.clone(),
+        );
+        registry.register(
+            "purchase_duration_seconds",
+            "Time spent in the provider executor",
+            purchase_seconds.clone(),
+        );
+        registry.register("in_flight", "Messages being handled now", in_flight.clone());
+        registry.register(
+            "retries",
+            "Messages parked in a retry wait queue, by reason",
+            retries.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages dead-lettered, by reason",
+            dead_letters.clone(),
+        );
+        registry.register("paused", "1 while the fleet is paused", paused.clone());
+        registry.register(
+            "broker_reconnects",
+            "Reconnections to RabbitMQ",
+            reconnects.clone(),
+        );
+        registry.register(
+            "archived_dead_letters",
+            "Dead letters moved from the queue into Postgres",
+            archived_dead_letters.clone(),
+        );
+        Self {
+            registry,
+            deliveries,
+            purchases,
+            purchase_seconds,
+            in_flight,
+            retries,
+            dead_letters,
+            paused,
+            reconnects,
+            archived_dead_letters,
+        }
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl crate::http::MetricsSource for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+    fn set_paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
+    }
+}
