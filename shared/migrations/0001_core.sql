@@ -49,7 +49,7 @@ CREATE TABLE purchase_items (
 );
 
 -- Reaper: stale running items, by heartbeat age.
-CREATE INDEX purchase_items_running ON purchase_items (heartbeat_at) WHERE status = 'running';
+CREATE INDEX purchase_items_running ON purchase_items (heartbeat_at, token) WHERE status = 'running';
 -- Outbox relay: committed but never published.
 CREATE INDEX purchase_items_unpublished ON purchase_items (created_at)
     WHERE status = 'queued' AND published_at IS NULL;

@@ -8,6 +8,8 @@ pub mod document;
 pub mod duration;
 pub mod envelope;
 pub mod ids;
+pub mod relay;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

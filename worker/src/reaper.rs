@@ -372,24 +372,23 @@ impl Reaper {
         }
     }
 
-    /// Selects stale `running` items in batches and reaps them; returns the reaped items.
+    /// Selects stale `running` items batch by batch (keyset pagination, so rows that failed to
+    /// reap are not selected again in this sweep) and reaps them; returns the reaped items.
     pub async fn reap_stale(&self, report: &mut SweepReport) -> anyhow::Result<Vec<ItemRow>> {
         let mut all_reaped = Vec::new();
+        let mut cursor = None;
         // Bounded: at most this many batches per sweep, so one sweep cannot run forever.
-        for _ in 0..1000 {
+        for _ in 0..10_000 {
             let candidates = self
                 .store
-                .stale_running(self.config.reap_after, self.config.batch)
+                .stale_running(self.config.reap_after, self.config.batch, cursor.take())
                 .await
                 .context("selecting stale running items")?;
-            if candidates.is_empty() {
-                break;
-            }
+            let Some(last) = candidates.last() else { break };
+            cursor = last.heartbeat_at.map(|at| (at, last.token.clone()));
             let full = candidates.len() as i64 == self.config.batch;
-            let reaped = self.reap_candidates(&candidates, report).await;
-            let progressed = !reaped.is_empty();
-            all_reaped.extend(reaped);
-            if !full || !progressed {
+            all_reaped.extend(self.reap_candidates(&candidates, report).await);
+            if !full || cursor.is_none() {
                 break;
             }
         }

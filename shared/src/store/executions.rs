@@ -239,6 +239,36 @@ impl Store {
         })
     }
 
+    /// `approved → running` once none of its items waits to be published any more (none is
+    /// `queued` with `published_at` null). The outbox relay publishes an execution's items a
+    /// batch at a time, so it moves the execution only after the last one went out. Returns
+    /// `Conflict { actual: "approved" }` while items are still unpublished.
+    pub async fn mark_execution_running_if_published(
+        &self,
+        execution_id: &str,
+    ) -> StoreResult<Cas<()>> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE executions e SET status = 'running', updated_at = now()
+                  WHERE e.execution_id = $1 AND e.status = 'approved'
+                    AND NOT EXISTS (SELECT 1 FROM purchase_items i
+                                     WHERE i.execution_id = $1 AND i.status = 'queued'
+                                       AND i.published_at IS NULL)",
+                &[&execution_id],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Cas::Applied(()));
+        }
+        Ok(match self.execution(execution_id).await? {
+            None => Cas::NotFound,
+            Some(e) => Cas::Conflict {
+                actual: e.status.as_str().into(),
+            },
+        })
+    }
+
     /// When no item of the execution is `queued` or `running` any more, sets its aggregate
     /// status: `approved|running → completed | partially_completed | failed`. Cancelled
     /// executions keep `cancelled`. Run after each item ends, outside the item's transaction:

@@ -548,12 +548,14 @@ impl Store {
             .transpose()
     }
 
-    /// Items still `running` whose heartbeat is older than `older_than`, oldest first (uses the
-    /// `purchase_items_running` partial index). Only `running` is ever selected.
+    /// Items still `running` whose heartbeat is older than `older_than`, oldest first, after
+    /// the keyset cursor `after` (heartbeat, token) of the previous batch. Uses the
+    /// `purchase_items_running` partial index. Only `running` is ever selected.
     pub async fn stale_running(
         &self,
         older_than: Duration,
         limit: i64,
+        after: Option<(DateTime<Utc>, String)>,
     ) -> StoreResult<Vec<ItemRow>> {
         if older_than.is_zero() {
             return Err(StoreError::Invalid(
@@ -566,11 +568,18 @@ impl Store {
                 "SELECT {ITEM_COLUMNS} FROM purchase_items i
                   WHERE i.status = 'running'
                     AND i.heartbeat_at < now() - make_interval(secs => $1)
-                  ORDER BY i.heartbeat_at
+                    AND ($3::timestamptz IS NULL OR (i.heartbeat_at, i.token) > ($3, $4))
+                  ORDER BY i.heartbeat_at, i.token
                   LIMIT $2"
             ))
             .await?;
-        let rows = client.query(&stmt, &[&secs(older_than), &limit]).await?;
+        let (at, token) = match after {
+            Some((at, token)) => (Some(at), Some(token)),
+            None => (None, None),
+        };
+        let rows = client
+            .query(&stmt, &[&secs(older_than), &limit, &at, &token])
+            .await?;
         rows.iter().map(item_from_row).collect()
     }
 

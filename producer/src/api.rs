@@ -1,0 +1,331 @@
+//! The HTTP API: submit, inspect and re-drive executions; health, readiness and metrics.
+//!
+//! | Route | Answers |
+//! |---|---|
+//! | `POST /v1/executions` | 201 created, 200 identical resubmission, 202 recorded but not all published, 400 not JSON, 409 same ID with other content, 413 too large, 422 invalid field |
+//! | `GET /v1/executions/{id}` | 200 execution and items (masked tokens), 404 |
+//! | `POST /v1/executions/{id}/redrive` | 200 re-driven (possibly nothing), 202 requeued but not all published, 404, 409 cancelled |
+//! | `GET /healthz`, `/readyz`, `/metrics` | unauthenticated |
+//!
+//! `/v1` routes require `Authorization: Bearer <token>` when tokens are configured (401
+//! otherwise); a store failure is 503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use buyonce_shared::document::{DocumentError, MAX_DOCUMENT_BYTES};
+use buyonce_shared::ids::IdError;
+use buyonce_shared::store::{Store, StoreError};
+use buyonce_shared::{ExecutionDocument, ExecutionId};
+use serde_json::{json, Value};
+use tracing::{error, warn};
+
+use crate::broker::BrokerLink;
+use crate::config::ApiTokens;
+use crate::metrics::Metrics;
+use crate::redrive::{self, RedriveError};
+use crate::status;
+use crate::submit::{self, Outcome, SubmitError};
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub store: Store,
+    pub broker: Arc<BrokerLink>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: ApiTokens,
+}
+
+/// The API's routes.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/v1/executions", post(create_execution))
+        .route("/v1/executions/{id}", get(get_execution))
+        .route("/v1/executions/{id}/redrive", post(redrive_execution))
+        // route_layer: authentication runs before the handler reads the body.
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_bearer))
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(app)
+}
+
+fn error_body(status: StatusCode, message: impl Into<String>, extra: Value) -> Response {
+    let mut body = json!({ "error": message.into() });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn unauthorized(message: &str, invalid: bool) -> Response {
+    let mut response = error_body(StatusCode::UNAUTHORIZED, message, Value::Null);
+    let challenge = if invalid {
+        "Bearer realm=\"buyonce\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"buyonce\""
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+async fn require_bearer(State(app): State<App>, request: Request, next: Next) -> Response {
+    // No tokens configured: `serve` only listens on loopback then (see `serve::listen_addr`).
+    if app.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    match presented {
+        Some(token) if app.tokens.accepts(&token) => next.run(request).await,
+        Some(_) => unauthorized("invalid bearer token", true),
+        None => unauthorized(
+            "missing bearer token: send `Authorization: Bearer <token>`",
+            false,
+        ),
+    }
+}
+
+fn store_error(e: &StoreError) -> Response {
+    error!(error = %e, "store error");
+    if e.is_unavailable() {
+        error_body(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable, retry later: {e}"),
+            Value::Null,
+        )
+    } else {
+        error_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("database error: {e}"),
+            Value::Null,
+        )
+    }
+}
+
+fn document_error(e: &DocumentError) -> Response {
+    let status = match e {
+        DocumentError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DocumentError::NotUtf8(_) | DocumentError::Syntax { .. } => StatusCode::BAD_REQUEST,
+        DocumentError::Field(_) | DocumentError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error_body(
+        status,
+        format!("execution document is invalid: {e}"),
+        json!({ "errors": e.field_errors() }),
+    )
+}
+
+fn bad_execution_id(e: &IdError) -> Response {
+    error_body(
+        StatusCode::BAD_REQUEST,
+        format!("invalid execution ID: {e}"),
+        json!({ "errors": [{ "path": "execution_id", "message": e.to_string() }] }),
+    )
+}
+
+async fn create_execution(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            app.metrics.submission("invalid");
+            return error_body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "execution document is larger than the limit of {MAX_DOCUMENT_BYTES} bytes"
+                ),
+                Value::Null,
+            );
+        }
+        Err(rejection) => {
+            return error_body(rejection.status(), rejection.body_text(), Value::Null)
+        }
+    };
+    let doc = match ExecutionDocument::from_json(&body) {
+        Ok(doc) => doc,
+        Err(e) => {
+            app.metrics.submission("invalid");
+            return document_error(&e);
+        }
+    };
+    let result = match submit::record(&app.store, &doc).await {
+        Ok(recorded) => match app.broker.publisher().await {
+            Ok(publisher) => submit::publish(&app.store, &publisher, recorded).await,
+            // Recorded is what matters: the relay publishes once the broker is back.
+            Err(e) => Err(recorded.unpublished(&e)),
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(report) => {
+            app.metrics.publishes(report.published, 0);
+            let (status, outcome) = match report.outcome {
+                Outcome::Created => (StatusCode::CREATED, "created"),
+                Outcome::Identical => (StatusCode::OK, "identical"),
+            };
+            app.metrics.submission(outcome);
+            let location = format!("/v1/executions/{}", report.execution_id);
+            let mut response = (status, Json(report)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
+        Err(e) => submit_error(&app, &e),
+    }
+}
+
+fn submit_error(app: &App, e: &SubmitError) -> Response {
+    match e {
+        SubmitError::Invalid(invalid) => {
+            app.metrics.submission("invalid");
+            document_error(invalid)
+        }
+        SubmitError::Conflict {
+            execution_id,
+            differences,
+        } => {
+            app.metrics.submission("conflict");
+            let extra = json!({ "execution_id": execution_id, "differences": differences });
+            error_body(StatusCode::CONFLICT, e.to_string(), extra)
+        }
+        SubmitError::Store(store) => {
+            app.metrics.submission("error");
+            store_error(store)
+        }
+        SubmitError::Publish(report) => {
+            app.metrics.submission("unpublished");
+            app.metrics.publishes(report.published, report.unpublished);
+            warn!(execution.id = %report.execution_id, unpublished = report.unpublished, "recorded; publish pending");
+            accepted_with_warning(report.as_ref(), e.to_string())
+        }
+    }
+}
+
+/// 202: recorded in Postgres (so it will happen), but not every message is in the queue yet.
+fn accepted_with_warning(report: &impl serde::Serialize, message: String) -> Response {
+    let mut body = serde_json::to_value(report).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut body {
+        map.insert("warning".into(), Value::String(message));
+    }
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+async fn get_execution(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let id = match ExecutionId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return bad_execution_id(&e),
+    };
+    match status::execution_view(&app.store, id.as_str()).await {
+        Ok(Some(view)) => Json(view).into_response(),
+        Ok(None) => error_body(
+            StatusCode::NOT_FOUND,
+            format!("no execution {id}"),
+            Value::Null,
+        ),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn redrive_execution(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let id = match ExecutionId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return bad_execution_id(&e),
+    };
+    let result = match redrive::requeue_failed(&app.store, id.as_str()).await {
+        Ok(requeued) => match app.broker.publisher().await {
+            Ok(publisher) => redrive::publish_requeued(&app.store, &publisher, requeued).await,
+            Err(e) => Err(requeued.unpublished(&e)),
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(report) => {
+            app.metrics.publishes(report.published, 0);
+            Json(report).into_response()
+        }
+        Err(e) => match &e {
+            RedriveError::NotFound(_) => {
+                error_body(StatusCode::NOT_FOUND, e.to_string(), Value::Null)
+            }
+            RedriveError::Cancelled(_) => {
+                error_body(StatusCode::CONFLICT, e.to_string(), Value::Null)
+            }
+            RedriveError::Store(store) => store_error(store),
+            RedriveError::Publish(report) => {
+                app.metrics.publishes(report.published, report.unpublished);
+                accepted_with_warning(report.as_ref(), e.to_string())
+            }
+        },
+    }
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready when Postgres answers and the broker connection is up (reconnecting if needed).
+async fn readyz(State(app): State<App>) -> Response {
+    let database = match tokio::time::timeout(Duration::from_secs(3), app.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 3s".to_owned()),
+    };
+    let broker = match tokio::time::timeout(Duration::from_secs(5), app.broker.publisher()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("no connection within 5s".to_owned()),
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let status = if database.is_ok() && broker.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "database": show(&database), "broker": show(&broker) })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error_body(StatusCode::NOT_FOUND, "no such route", Value::Null)
+}

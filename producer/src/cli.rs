@@ -1,0 +1,297 @@
+//! The one-shot commands (`enqueue`, `status`, `redrive`, `token`): connect, call the library,
+//! print for people or as JSON, and map failures to exit codes.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use buyonce_shared::amqp::{self, Publisher, Topology};
+use buyonce_shared::config::{redact_url, CommonConfig};
+use buyonce_shared::document::{DocumentError, MAX_DOCUMENT_BYTES};
+use buyonce_shared::store::Store;
+use buyonce_shared::{db, ExecutionDocument, ExecutionId, IdempotencyToken, LineageKey, RecIndex};
+use lapin::Connection;
+
+use crate::redrive::{self, RedriveError, RedriveReport};
+use crate::status;
+use crate::submit::{self, Outcome, SubmitError, SubmitReport};
+
+/// Exit codes, documented in `--help`.
+pub mod exit {
+    /// Anything else: database or broker unreachable, I/O.
+    pub const OTHER: u8 = 1;
+    /// Bad usage, configuration or document: fix the input and run again.
+    pub const INVALID: u8 = 2;
+    /// The execution ID exists with different content.
+    pub const CONFLICT: u8 = 3;
+    /// Recorded in Postgres, but some messages are not published yet; the relay (or the
+    /// reaper) publishes them, and running the same command again does too.
+    pub const UNPUBLISHED: u8 = 4;
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{}", describe_document_error(.0))]
+    Invalid(DocumentError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unpublished(String),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            CliError::Usage(_) | CliError::Invalid(_) => exit::INVALID,
+            CliError::Conflict(_) => exit::CONFLICT,
+            CliError::Unpublished(_) => exit::UNPUBLISHED,
+            CliError::Other(_) => exit::OTHER,
+        })
+    }
+}
+
+/// One line per field problem, so a person can fix them all in one go.
+fn describe_document_error(e: &DocumentError) -> String {
+    let fields = e.field_errors();
+    if fields.is_empty() {
+        return format!("execution document is invalid: {e}");
+    }
+    let mut text = format!(
+        "execution document is invalid ({} problem{}):",
+        fields.len(),
+        if fields.len() == 1 { "" } else { "s" }
+    );
+    for f in fields {
+        text.push_str(&format!("\n  {}: {}", f.path, f.message));
+    }
+    text
+}
+
+impl From<SubmitError> for CliError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(d) => CliError::Invalid(d),
+            e @ SubmitError::Conflict { .. } => CliError::Conflict(e.to_string()),
+            e @ SubmitError::Publish(_) => CliError::Unpublished(e.to_string()),
+            e @ SubmitError::Store(_) => CliError::Other(anyhow::Error::new(e)),
+        }
+    }
+}
+
+impl From<RedriveError> for CliError {
+    fn from(e: RedriveError) -> Self {
+        match e {
+            e @ RedriveError::Publish(_) => CliError::Unpublished(e.to_string()),
+            e @ RedriveError::Cancelled(_) => CliError::Conflict(e.to_string()),
+            other => CliError::Other(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// Reads and validates a document from a file, or stdin for `-`.
+pub fn read_document(source: &str) -> Result<ExecutionDocument, CliError> {
+    let mut bytes = Vec::new();
+    // One byte over the limit is enough to report "too large" without reading a huge file.
+    let limit = MAX_DOCUMENT_BYTES as u64 + 1;
+    let read = if source == "-" {
+        std::io::stdin().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(source).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    read.map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read {}: {e}",
+            if source == "-" { "stdin" } else { source }
+        ))
+    })?;
+    ExecutionDocument::from_json(&bytes).map_err(CliError::Invalid)
+}
+
+async fn connect_store(common: &CommonConfig) -> anyhow::Result<Store> {
+    let pool = db::connect(&common.database).await.with_context(|| {
+        format!(
+            "connecting to Postgres at {}",
+            redact_url(common.database.url.expose())
+        )
+    })?;
+    Ok(Store::new(pool))
+}
+
+async fn connect_publisher(common: &CommonConfig) -> anyhow::Result<(Connection, Publisher)> {
+    let connection = amqp::connect(&common.amqp, "buyonce-producer").await?;
+    let topology = Topology::from_config(common);
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| anyhow::anyhow!("opening a channel: {}", amqp::describe_error(&e)))?;
+    topology.declare(&channel).await?;
+    let _ = channel.close(200, "declared".into()).await;
+    let publisher = Publisher::new(&connection, topology).await?;
+    Ok((connection, publisher))
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
+    );
+}
+
+/// `enqueue FILE`: record the execution and publish its messages.
+pub async fn enqueue(
+    common: &CommonConfig,
+    doc: &ExecutionDocument,
+    json: bool,
+) -> Result<(), CliError> {
+    // Connect to both first: with the broker unreachable, nothing is recorded.
+    let store = connect_store(common).await?;
+    let (connection, publisher) = connect_publisher(common).await?;
+    let result = submit::submit(&store, &publisher, doc).await;
+    let _ = connection.close(200, "done".into()).await;
+    let report = match &result {
+        Ok(report) => report,
+        Err(SubmitError::Publish(report)) => report.as_ref(),
+        Err(_) => return result.map(|_| ()).map_err(CliError::from),
+    };
+    if json {
+        print_json(report);
+    } else {
+        print!("{}", render_submit(report));
+    }
+    result.map(|_| ()).map_err(CliError::from)
+}
+
+fn render_submit(report: &SubmitReport) -> String {
+    let mut out = match report.outcome {
+        Outcome::Created => format!(
+            "execution {} recorded: {} items, {} messages published\n",
+            report.execution_id,
+            report.items.len(),
+            report.published
+        ),
+        Outcome::Identical => format!(
+            "execution {} was already recorded with identical content: no new items; \
+             {} unpublished messages republished\n",
+            report.execution_id, report.published
+        ),
+    };
+    for i in &report.items {
+        out.push_str(&format!(
+            "  #{:<4} {:<20} {:<10} {}  {}\n",
+            i.rec_index,
+            format!("{}/{}", i.provider, i.service),
+            i.status.as_str(),
+            i.token,
+            if i.published {
+                "published"
+            } else {
+                "NOT PUBLISHED"
+            }
+        ));
+    }
+    out
+}
+
+fn parse_execution_id(raw: &str) -> Result<ExecutionId, CliError> {
+    ExecutionId::parse(raw).map_err(|e| CliError::Usage(format!("execution ID {raw:?} {e}")))
+}
+
+/// `status ID`: the execution and its items.
+pub async fn status(common: &CommonConfig, execution_id: &str, json: bool) -> Result<(), CliError> {
+    let id = parse_execution_id(execution_id)?;
+    let store = connect_store(common).await?;
+    let view = status::execution_view(&store, id.as_str())
+        .await
+        .context("reading the execution")?
+        .ok_or_else(|| CliError::Other(anyhow::anyhow!("no execution {id}")))?;
+    if json {
+        print_json(&view);
+    } else {
+        print!("{}", status::render_table(&view));
+    }
+    Ok(())
+}
+
+/// `redrive ID`: failed and dead items back to queued, republished with the same tokens.
+pub async fn redrive(
+    common: &CommonConfig,
+    execution_id: &str,
+    json: bool,
+) -> Result<(), CliError> {
+    let id = parse_execution_id(execution_id)?;
+    let store = connect_store(common).await?;
+    let (connection, publisher) = connect_publisher(common).await?;
+    let result = redrive::redrive(&store, &publisher, id.as_str()).await;
+    let _ = connection.close(200, "done".into()).await;
+    let report = match &result {
+        Ok(report) => report,
+        Err(RedriveError::Publish(report)) => report.as_ref(),
+        Err(_) => return result.map(|_| ()).map_err(CliError::from),
+    };
+    if json {
+        print_json(report);
+    } else {
+        print!("{}", render_redrive(report));
+    }
+    result.map(|_| ()).map_err(CliError::from)
+}
+
+fn render_redrive(report: &RedriveReport) -> String {
+    if report.items.is_empty() {
+        return format!(
+            "execution {}: nothing to re-drive (no failed or dead items)\n",
+            report.execution_id
+        );
+    }
+    let mut out = format!(
+        "execution {}: re-drove {} items (attempts reset, same tokens), {} messages published\n",
+        report.execution_id,
+        report.items.len(),
+        report.published
+    );
+    for i in &report.items {
+        out.push_str(&format!(
+            "  #{:<4} {:<14} {:<6} -> queued  {}  {}\n",
+            i.rec_index,
+            i.service,
+            i.old_status.as_str(),
+            i.token,
+            if i.published {
+                "published"
+            } else {
+                "NOT PUBLISHED"
+            }
+        ));
+    }
+    out
+}
+
+/// `token KEY INDEX`: the full token (the one place a whole token is printed).
+pub fn token(lineage_key: &str, rec_index: u32) -> Result<String, CliError> {
+    let key = LineageKey::parse(lineage_key)
+        .map_err(|e| CliError::Usage(format!("lineage key {lineage_key:?} {e}")))?;
+    let index = RecIndex::new(rec_index).map_err(|e| CliError::Usage(format!("rec index {e}")))?;
+    Ok(IdempotencyToken::derive(key.as_str(), index.get())
+        .as_str()
+        .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_matches_the_design_vector() {
+        assert_eq!(
+            token("exec-1", 0).unwrap(),
+            "4a667998cddd36583ee6f92b4e1f9fe36aeef04b9676a2007da7c5eefc9e96c0"
+        );
+        assert!(matches!(token("exec 1", 0), Err(CliError::Usage(_))));
+        assert!(matches!(token("exec-1", 10_000), Err(CliError::Usage(_))));
+    }
+}

@@ -1,0 +1,164 @@
+//! Operator re-drive: `failed | dead → queued` (attempts reset), then republish with the same
+//! tokens. Succeeded items are never touched: the CAS only moves failed and dead rows, and the
+//! tokens derive from the execution's lineage key, which nothing ever changes, so a re-driven
+//! item that was in fact bought is found by the worker's provider-side guard, not bought again.
+
+use buyonce_shared::amqp::Publisher;
+use buyonce_shared::relay::publish_items;
+use buyonce_shared::store::{ExecutionStatus, ItemRow, ItemStatus, Store, StoreError};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::submit::describe;
+
+/// The statuses an operator re-drive moves back to `queued`.
+pub const REDRIVABLE: [ItemStatus; 2] = [ItemStatus::Failed, ItemStatus::Dead];
+
+/// One re-driven item.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedrivenItem {
+    pub rec_index: i32,
+    pub service: String,
+    pub old_status: ItemStatus,
+    /// Masked token (the same token as before the re-drive).
+    pub token: String,
+    pub published: bool,
+}
+
+/// What a re-drive did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedriveReport {
+    pub execution_id: String,
+    pub items: Vec<RedrivenItem>,
+    pub published: usize,
+    pub unpublished: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish_errors: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error("no execution {0}")]
+    NotFound(String),
+    #[error("execution {0} is cancelled; a cancelled execution is never re-driven")]
+    Cancelled(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Requeued, but some messages are not in the queue yet.
+    #[error(
+        "execution {}: {} items requeued, {} messages not yet published; the relay/reaper will \
+         publish them: {}",
+        .0.execution_id, .0.items.len(), .0.unpublished, .0.publish_errors.first().map(String::as_str).unwrap_or("unknown error")
+    )]
+    Publish(Box<RedriveReport>),
+}
+
+/// Items moved back to `queued`, not yet published.
+#[derive(Debug)]
+pub struct Requeued {
+    pub execution_id: String,
+    /// Each moved row (now `queued`, unpublished) with its lineage key and status before.
+    pub items: Vec<(ItemRow, String, ItemStatus)>,
+}
+
+impl Requeued {
+    fn report(&self, published: &[String], errors: Vec<String>) -> RedriveReport {
+        RedriveReport {
+            execution_id: self.execution_id.clone(),
+            items: self
+                .items
+                .iter()
+                .map(|(item, _, old)| RedrivenItem {
+                    rec_index: item.rec_index,
+                    service: item.service.clone(),
+                    old_status: *old,
+                    token: item.masked_token(),
+                    published: published.contains(&item.token),
+                })
+                .collect(),
+            published: published.len(),
+            unpublished: self.items.len() - published.len(),
+            publish_errors: errors,
+        }
+    }
+
+    /// The report for when nothing could be published (the broker is unreachable).
+    pub fn unpublished(self, error: &anyhow::Error) -> RedriveError {
+        RedriveError::Publish(Box::new(self.report(&[], vec![format!("{error:#}")])))
+    }
+}
+
+/// Moves the execution's failed and dead items back to `queued` (CAS, attempts reset).
+#[tracing::instrument(skip_all, fields(execution.id = %execution_id))]
+pub async fn requeue_failed(store: &Store, execution_id: &str) -> Result<Requeued, RedriveError> {
+    let execution = store
+        .execution(execution_id)
+        .await?
+        .ok_or_else(|| RedriveError::NotFound(execution_id.to_owned()))?;
+    if execution.status == ExecutionStatus::Cancelled {
+        return Err(RedriveError::Cancelled(execution_id.to_owned()));
+    }
+    // Statuses before the move, for the report. Only a failed or dead row can move, and such a
+    // row changes meanwhile only by another re-drive or by a late success (which the CAS skips).
+    let before: Vec<(i32, ItemStatus)> = store
+        .items_of(execution_id)
+        .await?
+        .iter()
+        .map(|i| (i.rec_index, i.status))
+        .collect();
+    let moved = store
+        .requeue(execution_id, &REDRIVABLE, None, true, None)
+        .await?;
+    let items = moved
+        .into_iter()
+        .map(|(item, lineage)| {
+            let old = before
+                .iter()
+                .find(|(i, _)| *i == item.rec_index)
+                .map_or(ItemStatus::Failed, |(_, s)| *s);
+            info!(item.rec_index = item.rec_index, token = %item.masked_token(), old_status = old.as_str(), "item requeued");
+            (item, lineage, old)
+        })
+        .collect();
+    Ok(Requeued {
+        execution_id: execution_id.to_owned(),
+        items,
+    })
+}
+
+/// Publishes the requeued items with their unchanged tokens.
+#[tracing::instrument(skip_all, fields(execution.id = %requeued.execution_id))]
+pub async fn publish_requeued(
+    store: &Store,
+    publisher: &Publisher,
+    requeued: Requeued,
+) -> Result<RedriveReport, RedriveError> {
+    let pending: Vec<(ItemRow, String)> = requeued
+        .items
+        .iter()
+        .map(|(item, lineage, _)| (item.clone(), lineage.clone()))
+        .collect();
+    let outcome = publish_items(store, publisher, &pending).await?;
+    for f in &outcome.failed {
+        warn!(item.rec_index = f.rec_index, token = %f.token, error = %f.error, "message not published");
+    }
+    let report = requeued.report(
+        &outcome.published,
+        outcome.failed.iter().map(describe).collect(),
+    );
+    if report.unpublished > 0 {
+        return Err(RedriveError::Publish(Box::new(report)));
+    }
+    info!(items = report.items.len(), "execution re-driven");
+    Ok(report)
+}
+
+/// [`requeue_failed`], then [`publish_requeued`].
+pub async fn redrive(
+    store: &Store,
+    publisher: &Publisher,
+    execution_id: &str,
+) -> Result<RedriveReport, RedriveError> {
+    let requeued = requeue_failed(store, execution_id).await?;
+    publish_requeued(store, publisher, requeued).await
+}

@@ -1,0 +1,240 @@
+//! The built binary: exit codes, messages, and one end-to-end run against Postgres and
+//! RabbitMQ through the environment a deployment would set.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use buyonce_shared::testing::database_url;
+use buyonce_shared::{ExecutionDocument, Service};
+use common::Harness;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_buyonce-producer");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/execution.json");
+
+fn run(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run buyonce-producer")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn token_prints_the_full_token_without_a_database() {
+    let out = run(
+        &["token", "exec-1", "0"],
+        &[(
+            "BUYONCE_DATABASE_URL",
+            "postgres://nowhere.invalid/x".into(),
+        )],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "4a667998cddd36583ee6f92b4e1f9fe36aeef04b9676a2007da7c5eefc9e96c0\n"
+    );
+    let bad = run(&["token", "exec 1", "0"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn enqueue_of_a_bad_file_exits_2_and_names_each_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(EXAMPLE).unwrap()).unwrap();
+    doc["recommendations"][0]["count"] = 0.into();
+    doc["recommendations"][7]["payment"] = "all-upfront".into();
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+
+    let out = run(&["enqueue", path.to_str().unwrap()], &[]);
+
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("execution document is invalid (2 problems)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("recommendations[0].count: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("recommendations[7].payment"), "{stderr}");
+
+    doc["recommendations"][0]["count"] = 1.into();
+    doc["recommendations"][7]["payment"] = "upfront".into();
+    doc["recommendations"][3]["size"] = "xl".into();
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = run(&["enqueue", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("recommendations[3].size: unknown field `size`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let missing = run(&["enqueue", "/nonexistent/doc.json"], &[]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read /nonexistent/doc.json"));
+}
+
+#[test]
+fn serve_refuses_a_non_loopback_address_without_tokens() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("BUYONCE_API_TOKENS")
+        .env_remove("BUYONCE_API_TOKENS_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("refusing to serve the API on 0.0.0.0:0 without BUYONCE_API_TOKENS"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_command_and_the_exit_codes() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in [
+        "enqueue",
+        "serve",
+        "status",
+        "redrive",
+        "token",
+        "Exit codes",
+        "3  conflict",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+    for cmd in ["enqueue", "serve", "status", "redrive", "token"] {
+        let out = run(&[cmd, "--help"], &[]);
+        assert!(out.status.success(), "{cmd} --help");
+    }
+}
+
+#[test]
+fn the_example_covers_all_twelve_services() {
+    let doc = ExecutionDocument::from_json(&std::fs::read(Path::new(EXAMPLE)).unwrap()).unwrap();
+    for service in Service::ALL {
+        assert!(
+            doc.recommendations.iter().any(|r| r.service == service),
+            "{service} missing from examples/execution.json"
+        );
+    }
+}
+
+/// The environment a deployment sets, pointed at this test's schema and queue prefix.
+fn deployment_env(h: &Harness) -> Vec<(&'static str, String)> {
+    let url = database_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let delays: Vec<String> = h
+        .broker
+        .topology
+        .retry_delays
+        .iter()
+        .map(|d| buyonce_shared::duration::format_duration(*d))
+        .collect();
+    vec![
+        (
+            "BUYONCE_DATABASE_URL",
+            format!("{url}{sep}options=-c%20search_path%3D{}", h.db.schema),
+        ),
+        ("BUYONCE_AMQP_URL", buyonce_shared::testing::amqp_url()),
+        ("BUYONCE_QUEUE_PREFIX", h.broker.topology.prefix.clone()),
+        ("BUYONCE_RETRY_DELAYS", delays.join(",")),
+        ("BUYONCE_DATABASE_POOL_SIZE", "2".into()),
+    ]
+}
+
+#[tokio::test]
+async fn enqueue_resubmit_conflict_status_and_redrive_end_to_end() {
+    let h = Harness::new().await;
+    let env = deployment_env(&h);
+    let env2 = env.clone();
+    let run_async = move |args: Vec<String>| {
+        let env = env2.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run(&args, &env)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    let out = run_async(args(&["enqueue", EXAMPLE])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("recorded: 12 items, 12 messages published"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(h.drain().await.len(), 12);
+
+    let out = run_async(args(&["enqueue", EXAMPLE, "--json"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "identical");
+    assert_eq!(report["published"], 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(EXAMPLE).unwrap()).unwrap();
+    doc["recommendations"][0]["count"] = 3.into();
+    std::fs::write(&changed, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = run_async(args(&["enqueue", changed.to_str().unwrap()])).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("differs at: recommendations[0].count"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let id = "exec-2026-11-28-0001";
+    let out = run_async(args(&["status", id, "--json"])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["items"].as_array().unwrap().len(), 12);
+    let token = buyonce_shared::IdempotencyToken::derive(id, 0);
+    assert_eq!(view["items"][0]["token"], token.mask());
+    assert!(!text(&out.stdout).contains(token.as_str()));
+    let out = run_async(args(&["status", id])).await;
+    assert!(out.status.success());
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("aws/redshift") && table.contains("azure/cosmos-db"),
+        "{table}"
+    );
+
+    h.sql("UPDATE purchase_items SET status = 'dead', error = 'max attempts' WHERE rec_index = 6")
+        .await;
+    let out = run_async(args(&["redrive", id])).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("re-drove 1 items"), "{stdout}");
+    assert!(
+        stdout.contains("#6") && stdout.contains("redshift") && stdout.contains("dead"),
+        "{stdout}"
+    );
+    let messages = h.drain().await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].rec_index.get(), 6);
+
+    let out = run_async(args(&["status", "exec-unknown"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no execution exec-unknown"));
+    h.cleanup().await;
+}

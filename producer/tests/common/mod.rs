@@ -1,0 +1,94 @@
+//! Test helpers: each test gets its own Postgres schema and its own queue prefix.
+#![allow(dead_code)]
+
+use buyonce_shared::envelope::PurchaseMessage;
+use buyonce_shared::store::Store;
+use buyonce_shared::testing::{TestBroker, TestDb};
+use buyonce_shared::ExecutionDocument;
+use lapin::options::BasicGetOptions;
+use serde_json::{json, Value};
+
+pub struct Harness {
+    pub db: TestDb,
+    pub broker: TestBroker,
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        buyonce_shared::tls::install_crypto_provider();
+        Self {
+            // Small pool: every parallel test shares the server's 100 connections.
+            db: TestDb::new(3).await.expect("test database"),
+            broker: TestBroker::new().await.expect("test broker"),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.db.store
+    }
+
+    /// Takes every message waiting in the purchases queue, decoded.
+    pub async fn drain(&self) -> Vec<PurchaseMessage> {
+        let channel = self.broker.connection.create_channel().await.unwrap();
+        let queue = self.broker.topology.purchases_queue();
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(PurchaseMessage::decode(&msg.delivery.data).expect("a valid envelope"));
+        }
+        let _ = channel.close(200, "drained".into()).await;
+        out
+    }
+
+    /// Runs one SQL statement in the test's schema.
+    pub async fn sql(&self, statement: &str) {
+        let client = self.db.store.pool().get().await.unwrap();
+        client.batch_execute(statement).await.unwrap();
+    }
+
+    /// Number of rows in a table.
+    pub async fn count(&self, table: &str) -> i64 {
+        let client = self.db.store.pool().get().await.unwrap();
+        client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn cleanup(self) {
+        self.db.cleanup().await.unwrap();
+        self.broker.cleanup().await.unwrap();
+    }
+}
+
+/// An execution document with `n` recommendations of different services, as JSON.
+pub fn document_json(id: &str, n: usize) -> Value {
+    let templates = [
+        json!({"provider": "aws", "service": "ec2", "account": "123456789012", "region": "us-east-1",
+               "resource_type": "m5.large", "count": 2, "term": "1y", "payment": "all-upfront"}),
+        json!({"provider": "aws", "service": "rds", "account": "123456789012", "region": "eu-west-1",
+               "resource_type": "db.r6g.large", "engine": "postgresql", "count": 1, "term": "1y",
+               "payment": "partial-upfront"}),
+        json!({"provider": "azure", "service": "vm", "account": "3f2b8c1e-5a4d-4e7f-9b06-1c2d3e4f5a6b",
+               "region": "westeurope", "resource_type": "Standard_D2s_v5", "count": 3, "term": "1y",
+               "payment": "upfront"}),
+        json!({"provider": "aws", "service": "savings-plans", "account": "210987654321",
+               "plan_type": "compute", "term": "3y", "payment": "no-upfront",
+               "commitment_usd_per_hour": 1.25}),
+    ];
+    let recs: Vec<Value> = (0..n)
+        .map(|i| templates[i % templates.len()].clone())
+        .collect();
+    json!({
+        "execution_id": id, "approved_by": "finops@example.com", "source": "producer-tests",
+        "recommendations": recs
+    })
+}
+
+pub fn document(id: &str, n: usize) -> ExecutionDocument {
+    ExecutionDocument::from_json(&serde_json::to_vec(&document_json(id, n)).unwrap()).unwrap()
+}

@@ -1,0 +1,408 @@
+//! The HTTP API, served on 127.0.0.1:0 against the real Postgres and RabbitMQ.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use buyonce_producer::api::App;
+use buyonce_producer::broker::BrokerLink;
+use buyonce_producer::metrics::Metrics;
+use buyonce_producer::serve::{listen_addr, serve};
+use buyonce_producer::{ApiTokens, ServeConfig, ServeOverrides};
+use buyonce_shared::config::{CommonConfig, Secret};
+use buyonce_shared::document::MAX_DOCUMENT_BYTES;
+use buyonce_shared::IdempotencyToken;
+use common::{document_json, Harness};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const NO_ENV: [(&str, &str); 0] = [];
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    broker: Arc<BrokerLink>,
+}
+
+impl Server {
+    async fn start(h: &Harness, tokens: ApiTokens) -> Self {
+        let broker = Arc::new(
+            BrokerLink::connect(h.broker.config.clone(), h.broker.topology.clone())
+                .await
+                .unwrap(),
+        );
+        let app = App {
+            store: h.store().clone(),
+            broker: broker.clone(),
+            metrics: Arc::new(Metrics::new()),
+            tokens,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            Duration::from_secs(3600),
+            Duration::from_secs(30),
+            shutdown.clone(),
+        ));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+            broker,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// Stops the server the way SIGTERM does, and checks it drains promptly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops within 10s of shutdown")
+            .unwrap()
+            .unwrap();
+        self.broker.close().await;
+    }
+}
+
+fn tokens() -> ApiTokens {
+    ApiTokens::parse(&Secret::new(format!("another-token-abcdefgh,{TOKEN}"))).unwrap()
+}
+
+#[tokio::test]
+async fn the_api_requires_a_valid_bearer_token() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let doc = document_json("exec-auth", 1);
+
+    let missing = server
+        .client
+        .post(server.url("/v1/executions"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert!(missing.headers().contains_key("www-authenticate"));
+
+    let wrong = server
+        .client
+        .post(server.url("/v1/executions"))
+        .bearer_auth("test-token-0123456789abcdeX")
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.count("executions").await,
+        0,
+        "nothing recorded without auth"
+    );
+
+    let (status, _) = server.post("/v1/executions", &doc).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let unauthenticated_get = server
+        .client
+        .get(server.url("/v1/executions/exec-auth"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated_get.status(), StatusCode::UNAUTHORIZED);
+
+    // Probes and metrics stay open.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn create_then_identical_then_conflict_then_read_back() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let doc = document_json("exec-http", 3);
+
+    let (status, created) = server.post("/v1/executions", &doc).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["outcome"], "created");
+    assert_eq!(created["published"], 3);
+    assert_eq!(h.drain().await.len(), 3);
+
+    let (status, identical) = server.post("/v1/executions", &doc).await;
+    assert_eq!(status, StatusCode::OK, "{identical}");
+    assert_eq!(identical["outcome"], "identical");
+    assert_eq!(identical["published"], 0);
+    assert!(h.drain().await.is_empty());
+
+    let mut changed = doc.clone();
+    changed["approved_by"] = "someone-else@example.com".into();
+    let (status, conflict) = server.post("/v1/executions", &changed).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert!(conflict["error"]
+        .as_str()
+        .unwrap()
+        .contains("already submitted with different content"));
+    assert_eq!(conflict["differences"], json!(["approved_by"]));
+    assert_eq!(h.count("purchase_items").await, 3);
+
+    let (status, body) = server.get("/v1/executions/exec-http").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["execution"]["execution_id"], "exec-http");
+    assert_eq!(view["execution"]["status"], "running");
+    let items = view["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let full = IdempotencyToken::derive("exec-http", 0);
+    assert_eq!(items[0]["token"], full.mask());
+    assert_eq!(items[0]["status"], "queued");
+    assert_eq!(items[0]["attempts"], 0);
+    assert!(items[0].get("commitment_id").is_some());
+    assert!(
+        !body.contains(full.as_str()),
+        "a whole token never leaves the API"
+    );
+
+    let (status, _) = server.get("/v1/executions/exec-missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server.get("/v1/executions/bad%20id").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"buyonce_producer_executions_submitted_total{outcome="created"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"buyonce_producer_executions_submitted_total{outcome="conflict"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("buyonce_producer_messages_published_total 3"),
+        "{metrics}"
+    );
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn each_validation_error_names_its_field() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let base = document_json("exec-bad", 3);
+    /// How to break the document, the field path the error must name, and words of the message.
+    type Case = (fn(&mut Value), &'static str, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            |v| v["recommendations"][0]["count"] = 0.into(),
+            "recommendations[0].count",
+            "at least 1",
+        ),
+        (
+            |v| v["recommendations"][1]["colour"] = "blue".into(),
+            "recommendations[1].colour",
+            "unknown field",
+        ),
+        (
+            |v| v["recommendations"][2]["payment"] = "all-upfront".into(),
+            "recommendations[2].payment",
+            "upfront or monthly",
+        ),
+        (
+            |v| v["recommendations"][0]["term"] = "5y".into(),
+            "recommendations[0].term",
+            "unknown variant",
+        ),
+        (
+            |v| v["recommendations"] = json!([]),
+            "recommendations",
+            "at least one",
+        ),
+        (
+            |v| v["execution_id"] = "has spaces".into(),
+            "execution_id",
+            "may contain only",
+        ),
+    ];
+    for (mutate, path, message) in cases {
+        let mut doc = base.clone();
+        mutate(&mut doc);
+        let (status, body) = server.post("/v1/executions", &doc).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
+        let errors = body["errors"].as_array().unwrap();
+        let error = errors
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("no error for {path} in {body}"));
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{path}: {body}"
+        );
+        assert!(body["error"].as_str().unwrap().contains(path), "{body}");
+    }
+
+    let not_json = server
+        .client
+        .post(server.url("/v1/executions"))
+        .bearer_auth(TOKEN)
+        .body("{\"execution_id\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(h.count("executions").await, 0);
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let mut body = serde_json::to_vec(&document_json("exec-big", 1)).unwrap();
+    body.resize(MAX_DOCUMENT_BYTES + 1, b' ');
+
+    let response = server
+        .client
+        .post(server.url("/v1/executions"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("larger than"),
+        "{body}"
+    );
+    assert_eq!(h.count("executions").await, 0);
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn redrive_over_http_republishes_failed_items() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let (status, _) = server
+        .post("/v1/executions", &document_json("exec-hrd", 2))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.drain().await;
+    h.sql("UPDATE purchase_items SET status = 'failed', error = 'boom', attempts = 2 WHERE rec_index = 1")
+        .await;
+
+    let (status, body) = server
+        .post("/v1/executions/exec-hrd/redrive", &Value::Null)
+        .await;
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["rec_index"], 1);
+    assert_eq!(body["items"][0]["old_status"], "failed");
+    let messages = h.drain().await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].token, IdempotencyToken::derive("exec-hrd", 1));
+
+    let (status, _) = server
+        .post("/v1/executions/exec-nope/redrive", &Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn readiness_reports_database_and_broker() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, ApiTokens::none()).await;
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body, json!({"database": "ok", "broker": "ok"}));
+    // Without tokens (loopback only) the API is open.
+    let open = server
+        .client
+        .get(server.url("/v1/executions/exec-x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_non_loopback_listen_address_without_tokens_is_refused() {
+    let err = listen_addr("0.0.0.0:0", &ApiTokens::none())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refusing to serve the API on 0.0.0.0:0"),
+        "{err}"
+    );
+    assert!(err.contains("BUYONCE_API_TOKENS"), "{err}");
+    assert!(listen_addr("0.0.0.0:0", &tokens()).await.is_ok());
+    assert!(listen_addr("127.0.0.1:0", &ApiTokens::none()).await.is_ok());
+    assert!(listen_addr("localhost:0", &ApiTokens::none()).await.is_ok());
+
+    // `run` refuses before connecting to anything.
+    let common = CommonConfig::from_source(&NO_ENV).unwrap();
+    let config = ServeConfig::from_source(
+        &NO_ENV,
+        common,
+        ServeOverrides {
+            listen: Some("0.0.0.0:0".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = buyonce_producer::run(config, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("BUYONCE_API_TOKENS"), "{err:#}");
+}
