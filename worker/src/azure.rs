@@ -445,16 +445,12 @@ impl AzureClient {
     /// `GET reservationOrders/{id}`; `None` for `ReservationOrderNotFound`.
     pub async fn get_order(&self, order_id: &str) -> Result<Option<Order>, PurchaseError> {
         let op = "azure:GetReservationOrder";
-        let (status, _, body) = self
-            .send(
-                reqwest::Method::GET,
-                self.url(&format!(
-                    "providers/Microsoft.Capacity/reservationOrders/{order_id}"
-                ))?,
-                None,
-                op,
-            )
-            .await?;
+        let mut url = self.url(&format!(
+            "providers/Microsoft.Capacity/reservationOrders/{order_id}"
+        ))?;
+        // planInformation (the price) is only returned with the payment schedule expanded.
+        url.query_pairs_mut().append_pair("$expand", "schedule");
+        let (status, _, body) = self.send(reqwest::Method::GET, url, None, op).await?;
         if status == reqwest::StatusCode::NOT_FOUND
             || error_code(&body) == Some("ReservationOrderNotFound")
         {
@@ -464,6 +460,34 @@ impl AzureClient {
             return Err(lookup(error_of(op, status, &body)));
         }
         Ok(Some(Order::from_json(&body)))
+    }
+
+    /// Waits (polling `GET`) until an order found in progress (`Creating`, pending billing, …)
+    /// is terminal, within the poll timeout; a still-running order is a transient error (not
+    /// bought for sure, not safe to buy again either).
+    pub async fn settle(&self, mut order: Order) -> Result<Order, PurchaseError> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        while !order.is_dead() && !order.is_succeeded() {
+            if started.elapsed() > self.poll_timeout {
+                return Err(PurchaseError::transient(format!(
+                    "azure: order {} still {} after {:?}",
+                    order.id, order.state, self.poll_timeout
+                )));
+            }
+            tokio::time::sleep(wait.min(self.max_poll_interval)).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            match self.get_order(&order.id).await? {
+                Some(o) => order = o,
+                None => {
+                    return Err(PurchaseError::transient(format!(
+                        "azure: order {} vanished while {}",
+                        order.id, order.state
+                    )))
+                }
+            }
+        }
+        Ok(order)
     }
 
     /// `GET reservationOrders`, every page.

@@ -1,0 +1,297 @@
+//! The integration-test harness: one isolated world per test — its own Postgres schema, its own
+//! queue prefix on the shared RabbitMQ, its own fakecloud on port 0 — plus workers built the
+//! way the binaries build them, pointed at all three.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use buyonce_shared::amqp::Publisher;
+use buyonce_shared::store::executions::Submitted;
+use buyonce_shared::store::{ItemRow, Store};
+use buyonce_shared::testing::{TestBroker, TestDb};
+use buyonce_shared::{ExecutionDocument, PurchaseMessage, Recommendation};
+use buyonce_worker::aws::{AwsClients, AwsSettings};
+use buyonce_worker::azure::{AzureClient, AzureSettings};
+use buyonce_worker::config::WorkerConfig;
+use buyonce_worker::consumer::{self, RunningWorker};
+use buyonce_worker::executors;
+use buyonce_worker::handler::{Handler, HandlerSettings};
+use buyonce_worker::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+use crate::fakecloud::{FakeCloud, FakeCloudConfig, DEFAULT_TENANT};
+
+/// The role name workers assume in each account (fakecloud accepts any role).
+pub const ROLE: &str = "buyonce-purchaser";
+
+/// One test's world.
+pub struct World {
+    pub db: TestDb,
+    pub broker: TestBroker,
+    pub fc: FakeCloud,
+}
+
+impl World {
+    /// A world with a default fakecloud and short retry delays.
+    pub async fn new() -> Self {
+        Self::with_fakecloud(FakeCloudConfig::default()).await
+    }
+
+    pub async fn with_fakecloud(config: FakeCloudConfig) -> Self {
+        buyonce_shared::tls::install_crypto_provider();
+        let db = TestDb::new(8).await.expect("test database");
+        let broker = TestBroker::new().await.expect("test broker");
+        let fc = FakeCloud::start(config).await.expect("fakecloud");
+        Self { db, broker, fc }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.db.store
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.broker.publisher
+    }
+
+    /// AWS settings pointing at this world's fakecloud, assuming [`ROLE`] in each account.
+    pub fn aws_settings(&self) -> AwsSettings {
+        AwsSettings {
+            endpoint_url: Some(self.fc.endpoint()),
+            region: Some("us-east-1".into()),
+            role_name: Some(ROLE.into()),
+            static_credentials: Some(("test".into(), "test".into())),
+        }
+    }
+
+    pub fn azure_settings(&self) -> AzureSettings {
+        let mut s = AzureSettings::emulator(&self.fc.endpoint(), DEFAULT_TENANT, "test", "test")
+            .expect("azure emulator settings");
+        s.max_poll_interval = Duration::from_millis(200);
+        s
+    }
+
+    /// A worker configuration for this world (metrics on a free port, short heartbeats).
+    pub fn worker_config(&self) -> WorkerConfig {
+        let empty: [(&str, &str); 0] = [];
+        let mut c = WorkerConfig::from_source(&empty).expect("worker config");
+        c.common.database = self.db.config.clone();
+        c.common.database.pool_size = 6;
+        c.common.amqp = self.broker.config.clone();
+        c.common.queue_prefix = self.broker.topology.prefix.clone();
+        c.common.retry_delays = self.broker.topology.retry_delays.clone();
+        c.common.delivery_limit = self.broker.topology.delivery_limit;
+        c.concurrency = 16;
+        c.heartbeat_interval = Duration::from_millis(500);
+        c.stale_after = Duration::from_millis(1500);
+        c.shutdown_grace = Duration::from_secs(10);
+        c.listen = "127.0.0.1:0".parse().expect("addr");
+        c.aws = self.aws_settings();
+        c.azure = Some(self.azure_settings());
+        c
+    }
+
+    /// A handler (no broker) wired like a worker's.
+    pub async fn handler(&self) -> Handler {
+        self.handler_with(|_| {}).await
+    }
+
+    pub async fn handler_with(&self, tweak: impl FnOnce(&mut HandlerSettings)) -> Handler {
+        let c = self.worker_config();
+        let mut settings = HandlerSettings {
+            max_attempts: c.max_attempts,
+            heartbeat_interval: c.heartbeat_interval,
+            stale_after: c.stale_after,
+            dry_run: false,
+            daily_budget_usd: None,
+            tag_key: c.tag_key.clone(),
+            retry_delays: c.common.retry_delays.clone(),
+            per_account_concurrency: 64,
+        };
+        tweak(&mut settings);
+        let aws = AwsClients::new(self.aws_settings()).await;
+        let azure = AzureClient::new(&self.azure_settings()).expect("azure client");
+        Handler::new(
+            self.store().clone(),
+            executors::registry(aws, Some(azure)),
+            settings,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// Records an execution and returns the messages of its items (not published).
+    pub async fn submit(&self, doc: &ExecutionDocument) -> Vec<PurchaseMessage> {
+        match self.store().submit_execution(doc).await.expect("submit") {
+            Submitted::Created(items) | Submitted::Identical(items) => items
+                .iter()
+                .map(|i| i.to_message(doc.lineage_key().as_str()).expect("message"))
+                .collect(),
+            Submitted::Conflict { .. } => panic!("conflicting execution"),
+        }
+    }
+
+    /// Records and publishes (what the producer does).
+    pub async fn enqueue(&self, doc: &ExecutionDocument) -> Vec<PurchaseMessage> {
+        let msgs = self.submit(doc).await;
+        for r in self.publisher().publish_purchases(&msgs).await {
+            r.expect("publish");
+        }
+        let tokens: Vec<String> = msgs.iter().map(|m| m.token.as_str().to_owned()).collect();
+        self.store()
+            .mark_published(&tokens)
+            .await
+            .expect("mark published");
+        msgs
+    }
+
+    /// Starts a worker in this process.
+    pub async fn start_worker(&self, shutdown: CancellationToken) -> RunningWorker {
+        consumer::spawn(self.worker_config(), shutdown)
+            .await
+            .expect("worker starts")
+    }
+
+    pub async fn item(&self, msg: &PurchaseMessage) -> ItemRow {
+        self.store()
+            .item_by_token(msg.token.as_str())
+            .await
+            .expect("item query")
+            .expect("item exists")
+    }
+
+    /// Tears everything down.
+    pub async fn cleanup(self) {
+        self.fc.shutdown().await;
+        let _ = self.broker.cleanup().await;
+        let _ = self.db.cleanup().await;
+    }
+}
+
+/// An execution document from recommendations (JSON values), validated.
+pub fn execution(id: &str, recommendations: Vec<serde_json::Value>) -> ExecutionDocument {
+    let doc = serde_json::json!({
+        "execution_id": id,
+        "approved_by": "finops@example.com",
+        "source": "integration-test",
+        "recommendations": recommendations,
+    });
+    ExecutionDocument::from_json(&serde_json::to_vec(&doc).expect("json")).expect("valid document")
+}
+
+/// A valid recommendation for each service, matching fakecloud's built-in catalog.
+pub fn recommendation(service: &str) -> serde_json::Value {
+    use serde_json::json;
+    let aws = "123456789012";
+    let sub = "3f2b8c1e-5a4d-4e7f-9b06-1c2d3e4f5a6b";
+    match service {
+        "ec2" => json!({"provider": "aws", "service": "ec2", "account": aws, "region": "us-east-1",
+            "resource_type": "m5.large", "count": 2, "term": "1y", "payment": "all-upfront"}),
+        "savings-plans" => json!({"provider": "aws", "service": "savings-plans", "account": aws,
+            "plan_type": "compute", "term": "1y", "payment": "all-upfront", "commitment_usd_per_hour": 0.5}),
+        "rds" => json!({"provider": "aws", "service": "rds", "account": aws, "region": "eu-west-1",
+            "resource_type": "db.r6g.large", "engine": "postgresql", "multi_az": false, "count": 1,
+            "term": "1y", "payment": "all-upfront"}),
+        "elasticache" => json!({"provider": "aws", "service": "elasticache", "account": aws,
+            "region": "us-east-1", "resource_type": "cache.r6g.large", "engine": "redis", "count": 2,
+            "term": "1y", "payment": "all-upfront"}),
+        "memorydb" => json!({"provider": "aws", "service": "memorydb", "account": aws,
+            "region": "us-east-1", "resource_type": "db.r6g.large", "count": 1, "term": "1y",
+            "payment": "all-upfront"}),
+        "opensearch" => json!({"provider": "aws", "service": "opensearch", "account": aws,
+            "region": "us-east-1", "resource_type": "r6g.large.search", "count": 2, "term": "1y",
+            "payment": "all-upfront"}),
+        "redshift" => json!({"provider": "aws", "service": "redshift", "account": aws,
+            "region": "us-east-1", "resource_type": "ra3.xlplus", "count": 2, "term": "1y",
+            "payment": "all-upfront"}),
+        "vm" => {
+            json!({"provider": "azure", "service": "vm", "account": sub, "region": "westeurope",
+            "resource_type": "Standard_D2s_v5", "count": 3, "term": "1y", "payment": "upfront"})
+        }
+        "sql-database" => json!({"provider": "azure", "service": "sql-database", "account": sub,
+            "region": "westeurope", "resource_type": "SQLDB_GP_Compute_Gen5", "count": 2, "term": "1y",
+            "payment": "upfront"}),
+        "redis-cache" => json!({"provider": "azure", "service": "redis-cache", "account": sub,
+            "region": "westeurope", "resource_type": "Premium_P1", "count": 1, "term": "1y",
+            "payment": "upfront"}),
+        "cosmos-db" => json!({"provider": "azure", "service": "cosmos-db", "account": sub,
+            "region": "westeurope", "resource_type": "Cosmos_DB_100_RU_S", "count": 10, "term": "1y",
+            "payment": "upfront"}),
+        "search" => json!({"provider": "azure", "service": "search", "account": sub,
+            "region": "westeurope", "resource_type": "Standard_S1", "count": 1, "term": "1y",
+            "payment": "upfront"}),
+        other => panic!("no sample recommendation for {other}"),
+    }
+}
+
+/// Every service name, AWS first.
+pub const SERVICES: [&str; 12] = [
+    "ec2",
+    "savings-plans",
+    "rds",
+    "elasticache",
+    "memorydb",
+    "opensearch",
+    "redshift",
+    "vm",
+    "sql-database",
+    "redis-cache",
+    "cosmos-db",
+    "search",
+];
+
+/// fakecloud's name of the purchase operation of a service.
+pub fn purchase_op(service: &str) -> &'static str {
+    match service {
+        "ec2" => "ec2:PurchaseReservedInstancesOffering",
+        "savings-plans" => "savingsplans:CreateSavingsPlan",
+        "rds" => "rds:PurchaseReservedDBInstancesOffering",
+        "elasticache" => "elasticache:PurchaseReservedCacheNodesOffering",
+        "memorydb" => "memorydb:PurchaseReservedNodesOffering",
+        "opensearch" => "opensearch:PurchaseReservedInstanceOffering",
+        "redshift" => "redshift:PurchaseReservedNodeOffering",
+        _ => "azure:PurchaseReservationOrder",
+    }
+}
+
+/// fakecloud's name of the guard lookup of a service (the first provider call of a purchase).
+pub fn guard_op(service: &str) -> &'static str {
+    match service {
+        "ec2" => "ec2:DescribeReservedInstances",
+        "savings-plans" => "savingsplans:DescribeSavingsPlansOfferings",
+        "rds" => "rds:DescribeReservedDBInstances",
+        "elasticache" => "elasticache:DescribeReservedCacheNodes",
+        "memorydb" => "memorydb:DescribeReservedNodes",
+        "opensearch" => "opensearch:DescribeReservedInstances",
+        "redshift" => "redshift:DescribeReservedNodes",
+        _ => "azure:ListReservationOrders",
+    }
+}
+
+/// Total provider calls (every operation) made against a fakecloud.
+pub fn total_calls(fc: &FakeCloud) -> u64 {
+    fc.calls().values().sum()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The recommendation of a message, for building variants in tests.
+pub fn rec_of(msg: &PurchaseMessage) -> Recommendation {
+    msg.recommendation.clone()
+}

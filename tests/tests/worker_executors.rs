@@ -1,0 +1,302 @@
+//! Every executor through the real SDK clients (and the Azure REST flow) against fakecloud,
+//! driven through the worker's handler with a real Postgres: first purchase, guard
+//! short-circuit, a failed lookup refusing to buy, a lost purchase response followed by a
+//! redelivery, and AlreadyExists recovery.
+
+use buyonce_shared::store::Store;
+use buyonce_shared::PurchaseMessage;
+use buyonce_tests::fakecloud::{CommitFailure, FaultRule, Faults};
+use buyonce_tests::harness::{execution, guard_op, purchase_op, recommendation, World};
+use buyonce_worker::handler::Outcome;
+
+/// Records a one-item execution of `service` and returns its message.
+async fn one_item(world: &World, service: &str) -> PurchaseMessage {
+    let doc = execution(&format!("exec-{service}"), vec![recommendation(service)]);
+    world.submit(&doc).await.remove(0)
+}
+
+/// Simulates an operator re-drive that lost the record: the item goes back to `queued` (its
+/// purchase intent kept), so the next delivery runs the executor and must hit the guard.
+async fn requeue(store: &Store, msg: &PurchaseMessage) {
+    let client = store.pool().get().await.unwrap();
+    client
+        .execute(
+            "UPDATE purchase_items SET status = 'queued', commitment_id = NULL WHERE token = $1",
+            &[&msg.token.as_str()],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "DELETE FROM commitments WHERE token = $1",
+            &[&msg.token.as_str()],
+        )
+        .await
+        .unwrap();
+}
+
+fn note(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Done { note } => note,
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+async fn first_purchase_then_the_same_token_buys_nothing(service: &str) {
+    let world = World::new().await;
+    let handler = world.handler().await;
+    let msg = one_item(&world, service).await;
+
+    let outcome = handler.handle(&msg.to_bytes()).await;
+    assert_eq!(note(&outcome), "purchased", "{service}");
+    let ledger = world.fc.ledger();
+    assert_eq!(ledger.len(), 1, "{service}: one commitment");
+    let item = world.item(&msg).await;
+    assert_eq!(item.status.as_str(), "succeeded");
+    assert_eq!(
+        item.commitment_id.as_deref(),
+        Some(ledger[0].commitment_id.as_str())
+    );
+    let cost = item.cost_usd.expect("cost recorded");
+    assert!(
+        (cost - ledger[0].price.upfront).abs() < 0.01,
+        "{service}: cost {cost} vs ledger {:?}",
+        ledger[0].price
+    );
+    assert_eq!(world.fc.call_count(purchase_op(service)), 1);
+
+    // A redelivery of a succeeded item: no provider call at all.
+    let calls_before: u64 = world.fc.calls().values().sum();
+    assert_eq!(
+        note(&handler.handle(&msg.to_bytes()).await),
+        "already-succeeded"
+    );
+    assert_eq!(
+        world.fc.calls().values().sum::<u64>(),
+        calls_before,
+        "{service}: zero provider calls"
+    );
+
+    // The record lost, the same token again: the provider-side guard finds the commitment.
+    requeue(world.store(), &msg).await;
+    let again = handler.handle(&msg.to_bytes()).await;
+    let expected = match service {
+        // Savings Plans: the client token dedupes at the provider (same plan returned).
+        "savings-plans" => "purchased",
+        // Redshift: found through the intent snapshot; Azure: through the stored order ID.
+        "redshift" | "vm" | "sql-database" | "redis-cache" | "cosmos-db" | "search" => "recovered",
+        _ => "guard",
+    };
+    assert_eq!(note(&again), expected, "{service}");
+    assert_eq!(
+        world.fc.ledger().len(),
+        1,
+        "{service}: still exactly one commitment"
+    );
+    let item = world.item(&msg).await;
+    assert_eq!(item.status.as_str(), "succeeded");
+    assert_eq!(
+        item.commitment_id.as_deref(),
+        Some(ledger[0].commitment_id.as_str())
+    );
+    if service != "savings-plans" {
+        assert_eq!(
+            world.fc.call_count(purchase_op(service)),
+            1,
+            "{service}: no second purchase call"
+        );
+    }
+    world.cleanup().await;
+}
+
+async fn a_failed_guard_lookup_refuses_to_buy(service: &str) {
+    let world = World::new().await;
+    let handler = world.handler().await;
+    let msg = one_item(&world, service).await;
+    world
+        .fc
+        .set_faults(Faults::rules([FaultRule::lookup_failure(guard_op(
+            service,
+        ))]));
+
+    let outcome = handler.handle(&msg.to_bytes()).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Retry {
+                reason: "transient",
+                ..
+            }
+        ),
+        "{service}: {outcome:?}"
+    );
+    assert_eq!(
+        world.fc.call_count(purchase_op(service)),
+        0,
+        "{service}: nothing bought"
+    );
+    assert!(world.fc.ledger().is_empty());
+    let item = world.item(&msg).await;
+    assert_eq!(item.status.as_str(), "queued", "released for the retry");
+    assert!(
+        item.error.unwrap_or_default().contains("refusing to buy") || service == "savings-plans"
+    );
+
+    // The lookup heals: the retry buys exactly once.
+    world.fc.set_faults(Faults::none());
+    assert_eq!(note(&handler.handle(&msg.to_bytes()).await), "purchased");
+    assert_eq!(world.fc.ledger().len(), 1);
+    world.cleanup().await;
+}
+
+async fn a_lost_purchase_response_then_redelivery_buys_once(service: &str, failure: CommitFailure) {
+    let world = World::new().await;
+    let handler = world.handler().await;
+    let msg = one_item(&world, service).await;
+    world
+        .fc
+        .set_faults(Faults::rules([FaultRule::commit_then_fail(
+            purchase_op(service),
+            failure,
+        )
+        .times(1)]));
+
+    let first = handler.handle(&msg.to_bytes()).await;
+    assert!(
+        matches!(first, Outcome::Retry { .. }),
+        "{service}: {first:?}"
+    );
+    assert_eq!(
+        world.fc.ledger().len(),
+        1,
+        "{service}: the provider committed the purchase"
+    );
+    assert_eq!(world.item(&msg).await.status.as_str(), "queued");
+
+    // The redelivery must find the purchase, not make another.
+    let second = handler.handle(&msg.to_bytes()).await;
+    assert!(
+        matches!(second, Outcome::Done { .. }),
+        "{service}: {second:?}: {:?}",
+        world.item(&msg).await.error
+    );
+    let done = note(&second);
+    assert!(
+        matches!(done, "guard" | "recovered" | "purchased"),
+        "{service}: {done}"
+    );
+    let ledger = world.fc.ledger();
+    assert_eq!(
+        ledger.len(),
+        1,
+        "{service}: exactly one commitment after redelivery"
+    );
+    let item = world.item(&msg).await;
+    assert_eq!(item.status.as_str(), "succeeded");
+    assert_eq!(
+        item.commitment_id.as_deref(),
+        Some(ledger[0].commitment_id.as_str())
+    );
+    world.cleanup().await;
+}
+
+async fn already_exists_is_recovered(service: &str) {
+    let world = World::new().await;
+    let handler = world.handler().await;
+    let msg = one_item(&world, service).await;
+    assert_eq!(note(&handler.handle(&msg.to_bytes()).await), "purchased");
+    requeue(world.store(), &msg).await;
+    // The guard sees nothing (eventual consistency): the purchase call must answer
+    // AlreadyExists for the token's handle and the executor recover the existing commitment.
+    // Only the guard's own lookups answer empty; the recovery lookup after AlreadyExists sees
+    // the commitment.
+    let mut rules = vec![FaultRule::lookup_empty(guard_op(service)).times(1)];
+    if guard_op(service).starts_with("azure:") {
+        rules.push(FaultRule::lookup_empty("azure:GetReservationOrder").times(1));
+    }
+    world.fc.set_faults(Faults::rules(rules));
+    let outcome = handler.handle(&msg.to_bytes()).await;
+    world.fc.set_faults(Faults::none());
+    assert!(
+        matches!(outcome, Outcome::Done { .. }),
+        "{service}: {outcome:?}: {:?}",
+        world.item(&msg).await.error
+    );
+    assert_eq!(note(&outcome), "recovered", "{service}");
+    assert_eq!(
+        world.fc.ledger().len(),
+        1,
+        "{service}: AlreadyExists, not a second purchase"
+    );
+    assert_eq!(
+        world.fc.call_count(purchase_op(service)),
+        2,
+        "{service}: the second call was refused"
+    );
+    let item = world.item(&msg).await;
+    assert_eq!(
+        item.commitment_id.as_deref(),
+        Some(world.fc.ledger()[0].commitment_id.as_str())
+    );
+    assert!(item.cost_usd.is_some(), "{service}: recovered cost re-read");
+    world.cleanup().await;
+}
+
+macro_rules! per_service {
+    ($($name:ident => $service:literal),* $(,)?) => {
+        mod first_purchase_then_guard {
+            $(#[tokio::test] async fn $name() { super::first_purchase_then_the_same_token_buys_nothing($service).await })*
+        }
+        mod failed_lookup_refuses {
+            $(#[tokio::test] async fn $name() { super::a_failed_guard_lookup_refuses_to_buy($service).await })*
+        }
+        mod lost_response_5xx {
+            $(#[tokio::test] async fn $name() {
+                super::a_lost_purchase_response_then_redelivery_buys_once($service, super::CommitFailure::ServerError).await
+            })*
+        }
+        mod lost_response_dropped_connection {
+            $(#[tokio::test] async fn $name() {
+                super::a_lost_purchase_response_then_redelivery_buys_once($service, super::CommitFailure::DropConnection).await
+            })*
+        }
+    };
+}
+
+per_service! {
+    ec2 => "ec2",
+    savings_plans => "savings-plans",
+    rds => "rds",
+    elasticache => "elasticache",
+    memorydb => "memorydb",
+    opensearch => "opensearch",
+    redshift => "redshift",
+    azure_vm => "vm",
+    azure_sql_database => "sql-database",
+    azure_redis_cache => "redis-cache",
+    azure_cosmos_db => "cosmos-db",
+    azure_search => "search",
+}
+
+mod already_exists {
+    #[tokio::test]
+    async fn rds() {
+        super::already_exists_is_recovered("rds").await
+    }
+    #[tokio::test]
+    async fn elasticache() {
+        super::already_exists_is_recovered("elasticache").await
+    }
+    #[tokio::test]
+    async fn memorydb() {
+        super::already_exists_is_recovered("memorydb").await
+    }
+    #[tokio::test]
+    async fn opensearch() {
+        super::already_exists_is_recovered("opensearch").await
+    }
+    #[tokio::test]
+    async fn azure_vm() {
+        super::already_exists_is_recovered("vm").await
+    }
+}
