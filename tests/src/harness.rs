@@ -295,3 +295,111 @@ where
 pub fn rec_of(msg: &PurchaseMessage) -> Recommendation {
     msg.recommendation.clone()
 }
+
+/// Path of a workspace binary built next to the running test (`target/<profile>/<name>`),
+/// building it first if it is missing (e.g. `cargo test -p buyonce-tests` alone).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory")
+        .to_path_buf();
+    let path = dir.join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--bin", name]);
+        if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+impl World {
+    /// The database URL of this world's schema, for child processes.
+    pub fn database_url(&self) -> String {
+        format!(
+            "{}?options=-c%20search_path%3D{}",
+            buyonce_shared::testing::database_url(),
+            self.db.schema
+        )
+    }
+
+    /// The environment a worker / reaper / producer process of this world needs (the caller
+    /// starts from an empty environment so nothing of the machine's leaks in).
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        let endpoint = self.fc.endpoint();
+        let delays: Vec<String> = self
+            .broker
+            .topology
+            .retry_delays
+            .iter()
+            .map(|d| buyonce_shared::duration::format_duration(*d))
+            .collect();
+        [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", std::env::var("HOME").unwrap_or_default()),
+            ("BUYONCE_DATABASE_URL", self.database_url()),
+            ("BUYONCE_DATABASE_POOL_SIZE", "4".into()),
+            ("BUYONCE_AMQP_URL", buyonce_shared::testing::amqp_url()),
+            ("BUYONCE_QUEUE_PREFIX", self.broker.topology.prefix.clone()),
+            ("BUYONCE_RETRY_DELAYS", delays.join(",")),
+            (
+                "BUYONCE_DELIVERY_LIMIT",
+                self.broker.topology.delivery_limit.to_string(),
+            ),
+            ("BUYONCE_LISTEN", "127.0.0.1:0".into()),
+            ("BUYONCE_HEARTBEAT_INTERVAL", "500ms".into()),
+            ("BUYONCE_LOG_FORMAT", "json".into()),
+            ("RUST_LOG", "info".into()),
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("BUYONCE_AWS_ROLE_NAME", ROLE.into()),
+            ("BUYONCE_AZURE_CREDENTIAL", "emulator".into()),
+            ("BUYONCE_AZURE_RESOURCE_MANAGER_URL", endpoint.clone()),
+            ("AZURE_AUTHORITY_HOST", endpoint),
+            ("AZURE_TENANT_ID", DEFAULT_TENANT.into()),
+            ("AZURE_CLIENT_ID", "test".into()),
+            ("AZURE_CLIENT_SECRET", "test".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts `buyonce-worker` as a child process with this world's environment plus `extra`.
+    pub fn spawn_worker_process(
+        &self,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> std::process::Child {
+        let log_file = std::fs::File::create(log).expect("worker log file");
+        let mut cmd = std::process::Command::new(binary("buyonce-worker"));
+        cmd.env_clear()
+            .envs(self.process_env())
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file);
+        cmd.spawn().expect("starting buyonce-worker")
+    }
+}
+
+/// Sends `signal` (e.g. `libc::SIGTERM`) to a child process.
+pub fn signal(child: &std::process::Child, signal: i32) {
+    let pid = i32::try_from(child.id()).expect("pid");
+    // Through kill(1): the workspace forbids unsafe code. Failure means the process is gone.
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
