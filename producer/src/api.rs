@@ -4,7 +4,13 @@
 //! |---|---|
 //! | `POST /v1/executions` | 201 created, 200 identical resubmission, 202 recorded but not all published, 400 not JSON, 409 same ID with other content, 413 too large, 422 invalid field |
 //! | `GET /v1/executions/{id}` | 200 execution and items (masked tokens), 404 |
-//! | `POST /v1/executions/{id}/redrive` | 200 re-driven (possibly nothing), 202 requeued but not all published, 404, 409 cancelled |
+//! | `POST /v1/executions/{id}/redrive[?include_cancelled=true]` | 200 re-driven (possibly nothing), 202 requeued but not all published, 404, 409 cancelled (without `include_cancelled`) |
+//! | `POST /v1/executions/{id}/cancel` | 200 cancelled (queued items) with the still-running items named, 404, 409 already ended |
+//! | `GET /v1/status` | 200 fleet summary: pause flag, spend today vs budget, items per status, dead letters |
+//! | `GET /v1/pause`, `POST /v1/pause` (`{"reason": "..."}` optional), `POST /v1/resume` | 200 the pause state after the change |
+//! | `GET /v1/dead-letters?reason=&execution=&service=&limit=` | 200 `{"dead_letters": [...], "total": n}` after draining the queue into Postgres, 400 bad filter |
+//! | `GET /v1/dead-letters/{id}` | 200 one dead letter with headers and envelope or escaped body, 404 |
+//! | `POST /v1/dead-letters/replay` (`{"ids": [..]}` or `{"all": true}` or `{"reason": ..}` or `{"execution": ..}`, `"dry_run"`) | 200 per-message report (refusals included), 202 requeued but not all published, 400/422 bad selection |
 //! | `GET /healthz`, `/readyz`, `/metrics` | unauthenticated |
 //!
 //! `/v1` routes require `Authorization: Bearer <token>` when tokens are configured (401
@@ -14,24 +20,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use buyonce_shared::amqp::dead_letters::archive_pending;
 use buyonce_shared::document::{DocumentError, MAX_DOCUMENT_BYTES};
 use buyonce_shared::ids::IdError;
 use buyonce_shared::store::{Store, StoreError};
 use buyonce_shared::{ExecutionDocument, ExecutionId};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{error, warn};
 
 use crate::broker::BrokerLink;
+use crate::cancel::{self, CancelError};
 use crate::config::ApiTokens;
+use crate::dlq::{self, ListFilter, ReplayRequest, Selection};
+use crate::fleet;
 use crate::metrics::Metrics;
-use crate::redrive::{self, RedriveError};
+use crate::redrive::{self, RedriveError, RedriveOptions};
 use crate::status;
 use crate::submit::{self, Outcome, SubmitError};
 
@@ -42,6 +53,8 @@ pub struct App {
     pub broker: Arc<BrokerLink>,
     pub metrics: Arc<Metrics>,
     pub tokens: ApiTokens,
+    /// `BUYONCE_DAILY_BUDGET_USD` as the producer sees it (shown by `/v1/status`).
+    pub daily_budget_usd: Option<f64>,
 }
 
 /// The API's routes.
@@ -50,6 +63,13 @@ pub fn router(app: App) -> Router {
         .route("/v1/executions", post(create_execution))
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/executions/{id}/redrive", post(redrive_execution))
+        .route("/v1/executions/{id}/cancel", post(cancel_execution))
+        .route("/v1/status", get(fleet_status))
+        .route("/v1/pause", get(get_pause).post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/dead-letters", get(list_dead_letters))
+        .route("/v1/dead-letters/replay", post(replay_dead_letters))
+        .route("/v1/dead-letters/{id}", get(get_dead_letter))
         // route_layer: authentication runs before the handler reads the body.
         .route_layer(middleware::from_fn_with_state(app.clone(), require_bearer))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES));
@@ -250,12 +270,37 @@ async fn get_execution(State(app): State<App>, Path(id): Path<String>) -> Respon
     }
 }
 
-async fn redrive_execution(State(app): State<App>, Path(id): Path<String>) -> Response {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveQuery {
+    #[serde(default)]
+    include_cancelled: bool,
+}
+
+fn bad_query(rejection: &QueryRejection) -> Response {
+    error_body(
+        StatusCode::BAD_REQUEST,
+        format!("invalid query string: {}", rejection.body_text()),
+        Value::Null,
+    )
+}
+
+async fn redrive_execution(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    query: Result<Query<RedriveQuery>, QueryRejection>,
+) -> Response {
     let id = match ExecutionId::parse(&id) {
         Ok(id) => id,
         Err(e) => return bad_execution_id(&e),
     };
-    let result = match redrive::requeue_failed(&app.store, id.as_str()).await {
+    let options = match query {
+        Ok(Query(q)) => RedriveOptions {
+            include_cancelled: q.include_cancelled,
+        },
+        Err(rejection) => return bad_query(&rejection),
+    };
+    let result = match redrive::requeue_with(&app.store, id.as_str(), options).await {
         Ok(requeued) => match app.broker.publisher().await {
             Ok(publisher) => redrive::publish_requeued(&app.store, &publisher, requeued).await,
             Err(e) => Err(requeued.unpublished(&e)),
@@ -280,6 +325,259 @@ async fn redrive_execution(State(app): State<App>, Path(id): Path<String>) -> Re
                 accepted_with_warning(report.as_ref(), e.to_string())
             }
         },
+    }
+}
+
+async fn cancel_execution(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let id = match ExecutionId::parse(&id) {
+        Ok(id) => id,
+        Err(e) => return bad_execution_id(&e),
+    };
+    match cancel::cancel(&app.store, id.as_str(), "api").await {
+        Ok(report) => Json(report).into_response(),
+        Err(e @ CancelError::NotFound(_)) => {
+            error_body(StatusCode::NOT_FOUND, e.to_string(), Value::Null)
+        }
+        Err(e @ CancelError::Ended { .. }) => {
+            error_body(StatusCode::CONFLICT, e.to_string(), Value::Null)
+        }
+        Err(CancelError::Store(e)) => store_error(&e),
+    }
+}
+
+async fn fleet_status(State(app): State<App>) -> Response {
+    match fleet::summary(&app.store, app.daily_budget_usd).await {
+        Ok(summary) => Json(summary).into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn get_pause(State(app): State<App>) -> Response {
+    match app.store.pause_state().await {
+        Ok(state) => Json(state).into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    reason: Option<String>,
+}
+
+/// A request refused before anything happened: its status and message (small, unlike a
+/// `Response`, so it can be an `Err`).
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error_body(self.0, self.1, Value::Null)
+    }
+}
+
+/// Parses an optional JSON body: empty (or `null`) means the defaults.
+fn json_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let status = if e.is_syntax() || e.is_eof() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        Refusal(status, format!("invalid request body: {e}"))
+    })
+}
+
+async fn pause(State(app): State<App>, body: Bytes) -> Response {
+    let body: PauseBody = match json_body(&body) {
+        Ok(b) => b,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match fleet::pause(&app.store, body.reason.as_deref(), "api").await {
+        Ok(state) => Json(state).into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn resume(State(app): State<App>) -> Response {
+    match fleet::resume(&app.store, "api").await {
+        Ok(state) => Json(state).into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// Moves what waits in the dead-letter queue into Postgres; `Err` is a warning for the
+/// response (the archived rows are still worth showing).
+async fn drain_dead_letters(app: &App) -> Result<(), String> {
+    let channel = app.broker.channel().await.map_err(|e| format!("{e:#}"))?;
+    let result = archive_pending(&app.store, &channel, app.broker.topology(), dlq::DRAIN_MAX).await;
+    let _ = channel.close(200, "drained".into()).await;
+    match result {
+        Ok(report) if report.remaining > 0 => Err(format!(
+            "{} more dead letters are still queued; list again to archive them",
+            report.remaining
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+fn bad_reason(message: String) -> Response {
+    error_body(
+        StatusCode::BAD_REQUEST,
+        message,
+        json!({ "errors": [{ "path": "reason", "message": "unknown dead-letter reason" }] }),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterQuery {
+    reason: Option<String>,
+    execution: Option<String>,
+    service: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_dead_letters(
+    State(app): State<App>,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(rejection) => return bad_query(&rejection),
+    };
+    let reason = match q.reason.as_deref().map(dlq::parse_reason).transpose() {
+        Ok(r) => r,
+        Err(message) => return bad_reason(message),
+    };
+    let filter = ListFilter {
+        reason,
+        execution_id: q.execution,
+        service: q.service,
+        limit: q.limit,
+    };
+    let warning = drain_dead_letters(&app).await.err();
+    if let Some(w) = &warning {
+        warn!(warning = %w, "listing dead letters without draining the queue");
+    }
+    match dlq::list(&app.store, &filter).await {
+        Ok(mut listing) => {
+            listing.warning = warning;
+            Json(listing).into_response()
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn get_dead_letter(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            format!("dead-letter ID must be a number, got {id:?}"),
+            Value::Null,
+        );
+    };
+    match dlq::show(&app.store, id).await {
+        Ok(Some(detail)) => Json(detail).into_response(),
+        Ok(None) => error_body(
+            StatusCode::NOT_FOUND,
+            format!("no dead letter {id}"),
+            Value::Null,
+        ),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<i64>,
+    #[serde(default)]
+    all: bool,
+    reason: Option<String>,
+    execution: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl ReplayBody {
+    /// Exactly one selector, like the CLI.
+    fn selection(self) -> Result<Selection, Refusal> {
+        let given = usize::from(!self.ids.is_empty())
+            + usize::from(self.all)
+            + usize::from(self.reason.is_some())
+            + usize::from(self.execution.is_some());
+        if given != 1 {
+            return Err(Refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "choose exactly one of \"ids\", \"all\", \"reason\" or \"execution\"".into(),
+            ));
+        }
+        Ok(if self.all {
+            Selection::All
+        } else if let Some(r) = self.reason {
+            Selection::Reason(
+                dlq::parse_reason(&r).map_err(|m| Refusal(StatusCode::UNPROCESSABLE_ENTITY, m))?,
+            )
+        } else if let Some(e) = self.execution {
+            let id = ExecutionId::parse(&e).map_err(|e| {
+                Refusal(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("invalid execution ID: {e}"),
+                )
+            })?;
+            Selection::Execution(id.as_str().to_owned())
+        } else {
+            Selection::Ids(self.ids)
+        })
+    }
+}
+
+async fn replay_dead_letters(State(app): State<App>, body: Bytes) -> Response {
+    let body: ReplayBody = match json_body(&body) {
+        Ok(b) => b,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let dry_run = body.dry_run;
+    let selection = match body.selection() {
+        Ok(s) => s,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let publisher = match app.broker.publisher().await {
+        Ok(p) => p,
+        Err(e) => {
+            return error_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("broker unavailable, retry later: {e:#}"),
+                Value::Null,
+            )
+        }
+    };
+    if let Err(w) = drain_dead_letters(&app).await {
+        warn!(warning = %w, "replaying without draining the dead-letter queue first");
+    }
+    let request = ReplayRequest { selection, dry_run };
+    match dlq::replay(&app.store, &publisher, &request).await {
+        Ok(report) => {
+            let published = report
+                .results
+                .iter()
+                .filter(|r| r.outcome == dlq::ReplayOutcome::Replayed)
+                .count();
+            app.metrics.publishes(published, report.unpublished);
+            let status = if report.unpublished > 0 {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => store_error(&e),
     }
 }
 

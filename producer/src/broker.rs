@@ -4,7 +4,7 @@
 
 use buyonce_shared::amqp::{self, Publisher, Topology};
 use buyonce_shared::config::AmqpConfig;
-use lapin::Connection;
+use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -69,6 +69,20 @@ impl BrokerLink {
         let publisher = fresh.publisher.clone();
         *live = Some(fresh);
         Ok(publisher)
+    }
+
+    /// A new channel on the live connection (reconnecting first if it died), for work other
+    /// than publishing, such as draining the dead-letter queue. The caller closes it.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        self.publisher().await?;
+        let live = self.live.lock().await;
+        let l = live
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the broker connection is closed (shutting down)"))?;
+        l.connection
+            .create_channel()
+            .await
+            .map_err(|e| anyhow::anyhow!("opening a channel: {}", amqp::describe_error(&e)))
     }
 
     /// Closes the connection (at shutdown).

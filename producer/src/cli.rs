@@ -1,18 +1,22 @@
-//! The one-shot commands (`enqueue`, `status`, `redrive`, `token`): connect, call the library,
-//! print for people or as JSON, and map failures to exit codes.
+//! The one-shot commands (`enqueue`, `status`, `redrive`, `cancel`, `pause`, `resume`, `dlq`,
+//! `token`): connect, call the library, print for people or as JSON, and map failures to exit
+//! codes.
 
 use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use buyonce_shared::amqp::{self, Publisher, Topology};
-use buyonce_shared::config::{redact_url, CommonConfig};
+use buyonce_shared::config::{self, redact_url, vars, CommonConfig, ProcessEnv};
 use buyonce_shared::document::{DocumentError, MAX_DOCUMENT_BYTES};
 use buyonce_shared::store::Store;
 use buyonce_shared::{db, ExecutionDocument, ExecutionId, IdempotencyToken, LineageKey, RecIndex};
 use lapin::Connection;
 
-use crate::redrive::{self, RedriveError, RedriveReport};
+use crate::cancel::{self, CancelError};
+use crate::dlq::{self, ListFilter, ReplayOutcome, ReplayRequest, Selection};
+use crate::fleet;
+use crate::redrive::{self, RedriveError, RedriveOptions, RedriveReport};
 use crate::status;
 use crate::submit::{self, Outcome, SubmitError, SubmitReport};
 
@@ -83,6 +87,21 @@ impl From<SubmitError> for CliError {
     }
 }
 
+impl From<CancelError> for CliError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            e @ CancelError::Ended { .. } => CliError::Conflict(e.to_string()),
+            other => CliError::Other(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<buyonce_shared::store::StoreError> for CliError {
+    fn from(e: buyonce_shared::store::StoreError) -> Self {
+        CliError::Other(anyhow::Error::new(e))
+    }
+}
+
 impl From<RedriveError> for CliError {
     fn from(e: RedriveError) -> Self {
         match e {
@@ -122,7 +141,8 @@ async fn connect_store(common: &CommonConfig) -> anyhow::Result<Store> {
     Ok(Store::new(pool))
 }
 
-async fn connect_publisher(common: &CommonConfig) -> anyhow::Result<(Connection, Publisher)> {
+/// Connects to the broker and declares the topology (so the queues exist).
+async fn connect_broker(common: &CommonConfig) -> anyhow::Result<(Connection, Topology)> {
     let connection = amqp::connect(&common.amqp, "buyonce-producer").await?;
     let topology = Topology::from_config(common);
     let channel = connection
@@ -131,8 +151,19 @@ async fn connect_publisher(common: &CommonConfig) -> anyhow::Result<(Connection,
         .map_err(|e| anyhow::anyhow!("opening a channel: {}", amqp::describe_error(&e)))?;
     topology.declare(&channel).await?;
     let _ = channel.close(200, "declared".into()).await;
+    Ok((connection, topology))
+}
+
+async fn connect_publisher(common: &CommonConfig) -> anyhow::Result<(Connection, Publisher)> {
+    let (connection, topology) = connect_broker(common).await?;
     let publisher = Publisher::new(&connection, topology).await?;
     Ok((connection, publisher))
+}
+
+/// `BUYONCE_DAILY_BUDGET_USD` as this process sees it (for display: the workers enforce it).
+pub fn daily_budget() -> Result<Option<f64>, CliError> {
+    config::parse_optional_f64(&ProcessEnv, &vars::DAILY_BUDGET_USD)
+        .map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn print_json(value: &impl serde::Serialize) {
@@ -201,32 +232,56 @@ fn parse_execution_id(raw: &str) -> Result<ExecutionId, CliError> {
     ExecutionId::parse(raw).map_err(|e| CliError::Usage(format!("execution ID {raw:?} {e}")))
 }
 
-/// `status ID`: the execution and its items.
-pub async fn status(common: &CommonConfig, execution_id: &str, json: bool) -> Result<(), CliError> {
-    let id = parse_execution_id(execution_id)?;
+/// `status [ID]`: the fleet (paused?, spend today against the budget) and, with an ID, the
+/// execution and its items; without one, item and dead-letter counts.
+pub async fn status(
+    common: &CommonConfig,
+    execution_id: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let budget = daily_budget()?;
+    let id = execution_id.map(parse_execution_id).transpose()?;
     let store = connect_store(common).await?;
+    let fleet = fleet::summary(&store, budget)
+        .await
+        .context("reading the fleet's state")?;
+    let Some(id) = id else {
+        if json {
+            print_json(&fleet);
+        } else {
+            print!("{}", fleet::render_summary(&fleet, true));
+        }
+        return Ok(());
+    };
     let view = status::execution_view(&store, id.as_str())
         .await
         .context("reading the execution")?
         .ok_or_else(|| CliError::Other(anyhow::anyhow!("no execution {id}")))?;
     if json {
-        print_json(&view);
+        print_json(&status::StatusView {
+            execution: view,
+            fleet,
+        });
     } else {
+        print!("{}", fleet::render_summary(&fleet, false));
         print!("{}", status::render_table(&view));
     }
     Ok(())
 }
 
-/// `redrive ID`: failed and dead items back to queued, republished with the same tokens.
+/// `redrive ID`: failed and dead (with `include_cancelled` also cancelled) items back to
+/// queued, republished with the same tokens.
 pub async fn redrive(
     common: &CommonConfig,
     execution_id: &str,
+    include_cancelled: bool,
     json: bool,
 ) -> Result<(), CliError> {
     let id = parse_execution_id(execution_id)?;
     let store = connect_store(common).await?;
     let (connection, publisher) = connect_publisher(common).await?;
-    let result = redrive::redrive(&store, &publisher, id.as_str()).await;
+    let options = RedriveOptions { include_cancelled };
+    let result = redrive::redrive_with(&store, &publisher, id.as_str(), options).await;
     let _ = connection.close(200, "done".into()).await;
     let report = match &result {
         Ok(report) => report,
@@ -269,6 +324,212 @@ fn render_redrive(report: &RedriveReport) -> String {
         ));
     }
     out
+}
+
+/// `cancel ID`: queued items and the execution to cancelled; running items are named.
+pub async fn cancel(common: &CommonConfig, execution_id: &str, json: bool) -> Result<(), CliError> {
+    let id = parse_execution_id(execution_id)?;
+    let store = connect_store(common).await?;
+    let report = cancel::cancel(&store, id.as_str(), &fleet::operator_identity()).await?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", cancel::render(&report));
+    }
+    Ok(())
+}
+
+/// `pause [--reason]` / `resume`: set the fleet's pause flag and print the state after.
+pub async fn set_paused(
+    common: &CommonConfig,
+    paused: bool,
+    reason: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let store = connect_store(common).await?;
+    let who = fleet::operator_identity();
+    let state = if paused {
+        fleet::pause(&store, reason, &who).await?
+    } else {
+        fleet::resume(&store, &who).await?
+    };
+    if json {
+        print_json(&state);
+    } else {
+        println!("{}", fleet::render_pause(&state));
+    }
+    Ok(())
+}
+
+/// Drains the dead-letter queue into Postgres before a listing. With the broker unreachable
+/// the archived rows are still shown, with a warning that queued ones are missing.
+async fn drain_for_listing(
+    common: &CommonConfig,
+    store: &buyonce_shared::store::Store,
+) -> (
+    Option<buyonce_shared::amqp::dead_letters::ArchiveReport>,
+    Option<String>,
+) {
+    let drained = async {
+        let (connection, topology) = connect_broker(common).await?;
+        let report = dlq::drain(store, &connection, &topology).await;
+        let _ = connection.close(200, "done".into()).await;
+        report
+    }
+    .await;
+    match drained {
+        Ok(report) => {
+            let warning = (report.remaining > 0).then(|| {
+                format!(
+                    "{} more dead letters are still queued (more than {} arrived at once); \
+                     list again to archive them",
+                    report.remaining,
+                    dlq::DRAIN_MAX
+                )
+            });
+            (Some(report), warning)
+        }
+        Err(e) => (
+            None,
+            Some(format!(
+                "could not drain the dead-letter queue, so messages still in it are not \
+                 listed: {e:#}"
+            )),
+        ),
+    }
+}
+
+/// `dlq list`: drain the queue into Postgres, then list the table.
+pub async fn dlq_list(
+    common: &CommonConfig,
+    filter: &ListFilter,
+    json: bool,
+) -> Result<(), CliError> {
+    if let Some(id) = &filter.execution_id {
+        parse_execution_id(id)?;
+    }
+    let store = connect_store(common).await?;
+    let (drained, warning) = drain_for_listing(common, &store).await;
+    let mut listing = dlq::list(&store, filter).await?;
+    listing.drained = drained;
+    listing.warning = warning;
+    if json {
+        print_json(&listing);
+    } else {
+        print!("{}", dlq::render_listing(&listing));
+    }
+    Ok(())
+}
+
+/// `dlq show ID`.
+pub async fn dlq_show(common: &CommonConfig, id: i64, json: bool) -> Result<(), CliError> {
+    let store = connect_store(common).await?;
+    let detail = dlq::show(&store, id).await?.ok_or_else(|| {
+        CliError::Other(anyhow::anyhow!(
+            "no dead letter {id} (run `dlq list` to archive queued ones and see their IDs)"
+        ))
+    })?;
+    if json {
+        print_json(&detail);
+    } else {
+        print!("{}", dlq::render_detail(&detail));
+    }
+    Ok(())
+}
+
+/// `dlq replay`: exit 3 when a selected dead letter was refused, 4 when a requeued item's
+/// message is not published yet.
+pub async fn dlq_replay(
+    common: &CommonConfig,
+    request: &ReplayRequest,
+    json: bool,
+) -> Result<(), CliError> {
+    if let Selection::Execution(id) = &request.selection {
+        parse_execution_id(id)?;
+    }
+    let store = connect_store(common).await?;
+    let (connection, publisher) = connect_publisher(common).await?;
+    // Queued dead letters first, so "--all" means all.
+    let drained = dlq::drain(&store, &connection, publisher.topology()).await;
+    if let Err(e) = &drained {
+        eprintln!("warning: could not drain the dead-letter queue first: {e:#}");
+    }
+    let total = dlq::count(&store, &request.selection, true).await?;
+    let progress = if json || total < 50 {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} dead letters ({eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(if request.dry_run {
+            "checking"
+        } else {
+            "replaying"
+        });
+        bar
+    };
+    let result = dlq::replay_with_progress(&store, &publisher, request, &progress).await;
+    let _ = connection.close(200, "done".into()).await;
+    let report = result?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", dlq::render_replay(&report));
+    }
+    if report.unpublished > 0 {
+        return Err(CliError::Unpublished(format!(
+            "{} replayed items are requeued but their messages are not published yet; the relay \
+             (serve) or the reaper publishes them",
+            report.unpublished
+        )));
+    }
+    if report.refused > 0 {
+        let refused = report
+            .results
+            .iter()
+            .filter(|r| r.outcome == ReplayOutcome::Refused)
+            .count();
+        return Err(CliError::Conflict(format!(
+            "{refused} selected dead letters cannot be replayed (reasons above)"
+        )));
+    }
+    Ok(())
+}
+
+/// `dlq purge --yes`: refuses without `--yes`, saying how many would go.
+pub async fn dlq_purge(
+    common: &CommonConfig,
+    selection: &Selection,
+    yes: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let store = connect_store(common).await?;
+    if !yes {
+        let n = dlq::count(&store, selection, false).await?;
+        return Err(CliError::Usage(format!(
+            "refusing to purge without --yes: {n} archived dead letters match ({}); purged \
+             dead letters cannot be replayed or inspected any more",
+            selection.describe()
+        )));
+    }
+    if !matches!(selection, Selection::Ids(_)) {
+        // So that "--all" also covers what is still queued.
+        let (_, warning) = drain_for_listing(common, &store).await;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+    }
+    let report = dlq::purge(&store, selection).await?;
+    if json {
+        print_json(&report);
+    } else {
+        print!("{}", dlq::render_purge(&report));
+    }
+    Ok(())
 }
 
 /// `token KEY INDEX`: the full token (the one place a whole token is printed).

@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use buyonce_shared::config::{
-    get, get_secret, parse_positive_duration, vars, CommonConfig, ConfigError, EnvSource,
-    ProcessEnv, Secret, VarSpec,
+    get, get_secret, parse_optional_f64, parse_positive_duration, vars, CommonConfig, ConfigError,
+    EnvSource, ProcessEnv, Secret, VarSpec,
 };
 use subtle::ConstantTimeEq;
 
@@ -104,6 +104,8 @@ pub struct ServeConfig {
     pub tokens: ApiTokens,
     pub relay_interval: Duration,
     pub unpublished_grace: Duration,
+    /// `BUYONCE_DAILY_BUDGET_USD`, shown next to today's spend (the workers enforce it).
+    pub daily_budget_usd: Option<f64>,
 }
 
 impl ServeConfig {
@@ -129,6 +131,7 @@ impl ServeConfig {
             tokens: ApiTokens::from_source(env)?,
             relay_interval: duration(&vars::RELAY_INTERVAL, overrides.relay_interval)?,
             unpublished_grace: duration(&vars::UNPUBLISHED_GRACE, overrides.unpublished_grace)?,
+            daily_budget_usd: parse_optional_f64(env, &vars::DAILY_BUDGET_USD)?,
         })
     }
 }

@@ -7,15 +7,21 @@
 //! publishes committed items that were never published.
 //!
 //! * [`submit`]: record + publish, idempotent resubmission, conflicts.
-//! * [`redrive`]: failed/dead items back to queued, same tokens.
+//! * [`redrive`]: failed/dead (optionally cancelled) items back to queued, same tokens.
+//! * [`cancel`], [`fleet`]: the operator brakes: cancel an execution, pause the fleet, the
+//!   fleet summary with today's spend.
+//! * [`dlq`]: dead letters archived in Postgres: list, show, replay (same token), purge.
 //! * [`status`]: the execution and its items, masked tokens only.
 //! * [`api`], [`serve`]: the HTTP API and the long-running server with its relay.
 //! * [`cli`]: the one-shot commands and their exit codes.
 
 pub mod api;
 pub mod broker;
+pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod dlq;
+pub mod fleet;
 pub mod metrics;
 pub mod redrive;
 pub mod serve;

@@ -5,17 +5,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use buyonce_producer::cli::{self, CliError};
+use buyonce_producer::dlq::{ListFilter, ReplayRequest, Selection};
 use buyonce_producer::serve::ServeError;
 use buyonce_producer::{ServeConfig, ServeOverrides};
 use buyonce_shared::config::CommonConfig;
-use clap::{Parser, Subcommand};
+use buyonce_shared::DeadLetterReason;
+use clap::{ArgGroup, Parser, Subcommand};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  other error (database or broker unreachable, I/O, no such execution)
   2  usage, configuration or document error (each problem is named by its field path)
-  3  conflict: the execution ID exists with different content, or the execution is cancelled
+  3  conflict: the execution ID exists with different content, the execution is cancelled
+     (redrive) or already ended (cancel), or a selected dead letter cannot be replayed
   4  recorded, but some messages are not published yet; the relay (serve) or the reaper
      publishes them, and running the same command again does too
 
@@ -48,8 +51,11 @@ enum Command {
     /// Serve the HTTP API and run the outbox relay until SIGTERM/SIGINT.
     ///
     /// Routes: POST /v1/executions, GET /v1/executions/{id}, POST /v1/executions/{id}/redrive
-    /// (bearer tokens from BUYONCE_API_TOKENS or BUYONCE_API_TOKENS_FILE); GET /healthz,
-    /// /readyz, /metrics (unauthenticated). Without tokens it listens only on loopback.
+    /// [?include_cancelled=true], POST /v1/executions/{id}/cancel, GET /v1/status,
+    /// GET|POST /v1/pause, POST /v1/resume, GET /v1/dead-letters, GET /v1/dead-letters/{id},
+    /// POST /v1/dead-letters/replay (bearer tokens from BUYONCE_API_TOKENS or
+    /// BUYONCE_API_TOKENS_FILE); GET /healthz, /readyz, /metrics (unauthenticated). Without
+    /// tokens it listens only on loopback.
     Serve {
         /// Listen address host:port [env: BUYONCE_LISTEN, default 127.0.0.1:8080].
         #[arg(long, value_name = "HOST:PORT")]
@@ -63,12 +69,15 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         unpublished_grace: Option<Duration>,
     },
-    /// Show an execution and every item.
+    /// Show the fleet's brakes and an execution with every item (or, without an ID, the fleet).
     ///
-    /// Per item: status, attempts, masked token, commitment ID, cost and error; as a table, or
-    /// with --json as {"execution": {...}, "counts": {...}, "items": [...]}.
+    /// Always: whether the fleet is paused (reason, who, since) and today's reserved spend
+    /// against BUYONCE_DAILY_BUDGET_USD when it is set here too. With EXECUTION_ID, per item:
+    /// status, attempts, masked token, commitment ID, cost and error; with --json as
+    /// {"execution": {...}, "counts": {...}, "items": [...], "fleet": {...}}. Without it: items
+    /// per status and archived dead letters.
     Status {
-        execution_id: String,
+        execution_id: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -77,12 +86,55 @@ enum Command {
     ///
     /// Attempts are reset; succeeded, running and queued items are untouched. Prints each
     /// re-driven item: rec index, service, old status, masked token. A cancelled execution is
-    /// refused (exit 3).
+    /// refused (exit 3) unless --include-cancelled.
     Redrive {
+        execution_id: String,
+        /// Also requeue cancelled items and reopen a cancelled execution (undoes `cancel`).
+        #[arg(long)]
+        include_cancelled: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel an execution: its queued items are never bought.
+    ///
+    /// Every queued item becomes cancelled, and the execution too; a worker that receives a
+    /// message for a cancelled item acks it without calling the provider. Items already
+    /// running finish (a purchase in flight cannot be recalled): they are listed. An execution
+    /// that already ended is refused (exit 3); `redrive --include-cancelled` undoes a cancel.
+    Cancel {
         execution_id: String,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Pause the whole fleet: no purchase starts until `resume`.
+    ///
+    /// Workers check the flag when they claim an item and again right before the provider
+    /// call; paused messages wait in retry queues, nothing is dead-lettered. Records
+    /// $USER@host and the reason; prints the state after the change.
+    Pause {
+        /// Why (shown by `status` and in the worker logs).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused fleet; prints the state after the change.
+    Resume {
+        /// Print the state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, replay and purge dead letters (messages that could not be bought).
+    ///
+    /// Every command first moves what waits in the dead-letter queue into Postgres (insert,
+    /// commit, then ack), and then works on that archive: listing never drops, duplicates or
+    /// reorders a message.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Print the full idempotency token of one recommendation (no database or broker needed).
     ///
@@ -90,6 +142,138 @@ enum Command {
     /// REC_INDEX is the recommendation's position in the submitted list. The token is the
     /// one value buyonce prints whole: everywhere else it is masked.
     Token { lineage_key: String, rec_index: u32 },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first: ID, execution, rec index, service, reason, masked
+    /// token, delivery count, x-death summary, first/last death, replays, error.
+    ///
+    /// With --json: {"dead_letters": [{"id", "reason", "error", ...}], "total": N}.
+    List {
+        #[arg(long, value_parser = reason)]
+        reason: Option<DeadLetterReason>,
+        /// Only this execution's dead letters.
+        #[arg(long, value_name = "ID")]
+        execution: Option<String>,
+        /// Only this service's (ec2, rds, vm, ...).
+        #[arg(long)]
+        service: Option<String>,
+        /// Show at most N rows [default 100].
+        #[arg(long, value_name = "N")]
+        limit: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter: every header, the decoded envelope (token masked) or the raw body
+    /// escaped when it is not a purchase message.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay dead letters: the item goes back to queued and its message is republished,
+    /// rebuilt from the approved item with the same token (so it cannot buy twice).
+    ///
+    /// Messages that were malformed, of an unknown version or service, oversize or did not
+    /// match Postgres are refused (they would only die again), each with its reason. --all,
+    /// --reason and --execution take dead letters not replayed yet; IDs are replayed again if
+    /// asked. Exit 3 when a selected dead letter was refused, 4 when a message is requeued but
+    /// not yet published.
+    #[command(group(ArgGroup::new("selection").required(true).args(["ids", "all", "reason", "execution"])))]
+    Replay {
+        /// Dead-letter IDs (from `dlq list`).
+        ids: Vec<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_parser = reason)]
+        reason: Option<DeadLetterReason>,
+        #[arg(long, value_name = "ID")]
+        execution: Option<String>,
+        /// Say what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters for good (their items keep their status). Refuses without --yes.
+    #[command(group(ArgGroup::new("selection").required(true).args(["ids", "all", "reason"])))]
+    Purge {
+        ids: Vec<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_parser = reason)]
+        reason: Option<DeadLetterReason>,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn reason(s: &str) -> Result<DeadLetterReason, String> {
+    buyonce_producer::dlq::parse_reason(s)
+}
+
+/// The selection of `dlq replay` / `dlq purge` (clap guarantees exactly one was given).
+fn selection(
+    ids: Vec<i64>,
+    all: bool,
+    reason: Option<DeadLetterReason>,
+    execution: Option<String>,
+) -> Selection {
+    if all {
+        Selection::All
+    } else if let Some(r) = reason {
+        Selection::Reason(r)
+    } else if let Some(e) = execution {
+        Selection::Execution(e)
+    } else {
+        Selection::Ids(ids)
+    }
+}
+
+async fn dlq(common: &CommonConfig, command: DlqCommand) -> Result<(), CliError> {
+    match command {
+        DlqCommand::List {
+            reason,
+            execution,
+            service,
+            limit,
+            json,
+        } => {
+            let filter = ListFilter {
+                reason,
+                execution_id: execution,
+                service,
+                limit,
+            };
+            cli::dlq_list(common, &filter, json).await
+        }
+        DlqCommand::Show { id, json } => cli::dlq_show(common, id, json).await,
+        DlqCommand::Replay {
+            ids,
+            all,
+            reason,
+            execution,
+            dry_run,
+            json,
+        } => {
+            let request = ReplayRequest {
+                selection: selection(ids, all, reason, execution),
+                dry_run,
+            };
+            cli::dlq_replay(common, &request, json).await
+        }
+        DlqCommand::Purge {
+            ids,
+            all,
+            reason,
+            yes,
+            json,
+        } => cli::dlq_purge(common, &selection(ids, all, reason, None), yes, json).await,
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -132,8 +316,20 @@ async fn main() -> ExitCode {
             Ok(doc) => cli::enqueue(&common, &doc, json).await,
             Err(e) => Err(e),
         },
-        Command::Status { execution_id, json } => cli::status(&common, &execution_id, json).await,
-        Command::Redrive { execution_id, json } => cli::redrive(&common, &execution_id, json).await,
+        Command::Status { execution_id, json } => {
+            cli::status(&common, execution_id.as_deref(), json).await
+        }
+        Command::Redrive {
+            execution_id,
+            include_cancelled,
+            json,
+        } => cli::redrive(&common, &execution_id, include_cancelled, json).await,
+        Command::Cancel { execution_id, json } => cli::cancel(&common, &execution_id, json).await,
+        Command::Pause { reason, json } => {
+            cli::set_paused(&common, true, reason.as_deref(), json).await
+        }
+        Command::Resume { json } => cli::set_paused(&common, false, None, json).await,
+        Command::Dlq { command } => dlq(&common, command).await,
         Command::Serve {
             listen,
             relay_interval,

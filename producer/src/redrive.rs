@@ -1,11 +1,13 @@
 //! Operator re-drive: `failed | dead → queued` (attempts reset), then republish with the same
-//! tokens. Succeeded items are never touched: the CAS only moves failed and dead rows, and the
+//! tokens. A cancelled execution is refused unless the operator includes cancelled items
+//! (`--include-cancelled`): then `cancelled → queued` too and the execution goes back to
+//! `running`. Succeeded items are never touched: the CAS only moves failed and dead rows, and the
 //! tokens derive from the execution's lineage key, which nothing ever changes, so a re-driven
 //! item that was in fact bought is found by the worker's provider-side guard, not bought again.
 
 use buyonce_shared::amqp::Publisher;
 use buyonce_shared::relay::publish_items;
-use buyonce_shared::store::{ExecutionStatus, ItemRow, ItemStatus, Store, StoreError};
+use buyonce_shared::store::{Cas, ExecutionStatus, ItemRow, ItemStatus, Store, StoreError};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -13,6 +15,13 @@ use crate::submit::describe;
 
 /// The statuses an operator re-drive moves back to `queued`.
 pub const REDRIVABLE: [ItemStatus; 2] = [ItemStatus::Failed, ItemStatus::Dead];
+
+/// How far a re-drive reaches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedriveOptions {
+    /// Also requeue `cancelled` items (and reopen a cancelled execution): undoes a cancel.
+    pub include_cancelled: bool,
+}
 
 /// One re-driven item.
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +49,10 @@ pub struct RedriveReport {
 pub enum RedriveError {
     #[error("no execution {0}")]
     NotFound(String),
-    #[error("execution {0} is cancelled; a cancelled execution is never re-driven")]
+    #[error(
+        "execution {0} is cancelled, so it is not re-driven; to buy its failed, dead and cancelled \
+         items after all, re-drive with --include-cancelled (HTTP: ?include_cancelled=true)"
+    )]
     Cancelled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -89,14 +101,38 @@ impl Requeued {
 }
 
 /// Moves the execution's failed and dead items back to `queued` (CAS, attempts reset).
-#[tracing::instrument(skip_all, fields(execution.id = %execution_id))]
 pub async fn requeue_failed(store: &Store, execution_id: &str) -> Result<Requeued, RedriveError> {
+    requeue_with(store, execution_id, RedriveOptions::default()).await
+}
+
+/// Moves the execution's failed and dead (and, with `include_cancelled`, cancelled) items back
+/// to `queued` (CAS, attempts reset). With `include_cancelled` a cancelled execution is first
+/// reopened (`cancelled → running`), so the republished messages find a claimable execution;
+/// if the requeue fails after that, running the re-drive again finishes it.
+#[tracing::instrument(skip_all, fields(execution.id = %execution_id, include_cancelled = options.include_cancelled))]
+pub async fn requeue_with(
+    store: &Store,
+    execution_id: &str,
+    options: RedriveOptions,
+) -> Result<Requeued, RedriveError> {
     let execution = store
         .execution(execution_id)
         .await?
         .ok_or_else(|| RedriveError::NotFound(execution_id.to_owned()))?;
+    let mut statuses = REDRIVABLE.to_vec();
+    if options.include_cancelled {
+        statuses.push(ItemStatus::Cancelled);
+    }
     if execution.status == ExecutionStatus::Cancelled {
-        return Err(RedriveError::Cancelled(execution_id.to_owned()));
+        if !options.include_cancelled {
+            return Err(RedriveError::Cancelled(execution_id.to_owned()));
+        }
+        match store.reopen_cancelled_execution(execution_id).await? {
+            Cas::Applied(()) => info!("cancelled execution reopened for the re-drive"),
+            // Another re-drive reopened it meanwhile: carry on.
+            Cas::Conflict { .. } => {}
+            Cas::NotFound => return Err(RedriveError::NotFound(execution_id.to_owned())),
+        }
     }
     // Statuses before the move, for the report. Only a failed or dead row can move, and such a
     // row changes meanwhile only by another re-drive or by a late success (which the CAS skips).
@@ -107,7 +143,7 @@ pub async fn requeue_failed(store: &Store, execution_id: &str) -> Result<Requeue
         .map(|i| (i.rec_index, i.status))
         .collect();
     let moved = store
-        .requeue(execution_id, &REDRIVABLE, None, true, None)
+        .requeue(execution_id, &statuses, None, true, None)
         .await?;
     let items = moved
         .into_iter()
@@ -159,6 +195,16 @@ pub async fn redrive(
     publisher: &Publisher,
     execution_id: &str,
 ) -> Result<RedriveReport, RedriveError> {
-    let requeued = requeue_failed(store, execution_id).await?;
+    redrive_with(store, publisher, execution_id, RedriveOptions::default()).await
+}
+
+/// [`requeue_with`], then [`publish_requeued`].
+pub async fn redrive_with(
+    store: &Store,
+    publisher: &Publisher,
+    execution_id: &str,
+    options: RedriveOptions,
+) -> Result<RedriveReport, RedriveError> {
+    let requeued = requeue_with(store, execution_id, options).await?;
     publish_requeued(store, publisher, requeued).await
 }

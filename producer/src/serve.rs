@@ -87,6 +87,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         broker: broker.clone(),
         metrics: Arc::new(Metrics::new()),
         tokens: config.tokens.clone(),
+        daily_budget_usd: config.daily_budget_usd,
     };
     let result = serve(
         listener,

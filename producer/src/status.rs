@@ -60,6 +60,14 @@ pub struct ExecutionView {
     pub items: Vec<ItemView>,
 }
 
+/// `status ID`: the execution with the fleet's brakes (pause, spend today).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    #[serde(flatten)]
+    pub execution: ExecutionView,
+    pub fleet: crate::fleet::FleetSummary,
+}
+
 /// Reads an execution and its items; `None` when there is no such execution.
 pub async fn execution_view(
     store: &Store,

@@ -111,16 +111,38 @@ fn help_documents_every_command_and_the_exit_codes() {
         "serve",
         "status",
         "redrive",
+        "cancel",
+        "pause",
+        "resume",
+        "dlq",
         "token",
         "Exit codes",
         "3  conflict",
     ] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
-    for cmd in ["enqueue", "serve", "status", "redrive", "token"] {
+    for cmd in [
+        "enqueue", "serve", "status", "redrive", "cancel", "pause", "resume", "dlq", "token",
+    ] {
         let out = run(&[cmd, "--help"], &[]);
         assert!(out.status.success(), "{cmd} --help");
     }
+    for cmd in ["list", "show", "replay", "purge"] {
+        let out = run(&["dlq", cmd, "--help"], &[]);
+        assert!(out.status.success(), "dlq {cmd} --help");
+    }
+    // A replay or purge must say what: exactly one selection.
+    let none = run(&["dlq", "replay"], &[]);
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none.stderr));
+    let two = run(&["dlq", "replay", "--all", "--reason", "malformed"], &[]);
+    assert_eq!(two.status.code(), Some(2), "{}", text(&two.stderr));
+    let bad = run(&["dlq", "list", "--reason", "sleepy"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("spend-cap"),
+        "{}",
+        text(&bad.stderr)
+    );
 }
 
 #[test]
@@ -236,5 +258,113 @@ async fn enqueue_resubmit_conflict_status_and_redrive_end_to_end() {
     let out = run_async(args(&["status", "exec-unknown"])).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no execution exec-unknown"));
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn brakes_and_dead_letters_through_the_binary() {
+    let h = Harness::new().await;
+    let mut env = deployment_env(&h);
+    env.push(("BUYONCE_DAILY_BUDGET_USD", "500".into()));
+    env.push(("USER", "erin".into()));
+    let run_async = |args: &[&str]| {
+        let env = env.clone();
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run(&args, &env)
+            })
+            .await
+            .unwrap()
+        }
+    };
+
+    let out = run_async(&["pause", "--reason", "finance freeze"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("fleet PAUSED since") && text(&out.stdout).contains("by erin@"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("(reason: finance freeze)"));
+    let out = run_async(&["status"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("fleet PAUSED"), "{stdout}");
+    assert!(stdout.contains("of $500.00 daily budget"), "{stdout}");
+    let out = run_async(&["status", "--json"]).await;
+    let fleet: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(fleet["pause"]["paused"], true);
+    assert_eq!(fleet["spend"]["budget_usd"], 500.0);
+    let out = run_async(&["resume", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["paused"], false);
+
+    buyonce_producer::submit::submit(
+        h.store(),
+        &h.broker.publisher,
+        &common::document("exec-cli", 3),
+    )
+    .await
+    .unwrap();
+    h.drain().await;
+    h.sql("UPDATE purchase_items SET status = 'running', heartbeat_at = now() WHERE rec_index = 2")
+        .await;
+    let out = run_async(&["cancel", "exec-cli"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("2 queued items will never be bought"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("NOT cancelled: 1 items"), "{stdout}");
+    let token = buyonce_shared::IdempotencyToken::derive("exec-cli", 2);
+    assert!(stdout.contains(&token.mask()) && !stdout.contains(token.as_str()));
+    let out = run_async(&["status", "exec-cli", "--json"]).await;
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["execution"]["status"], "cancelled");
+    assert_eq!(view["fleet"]["pause"]["paused"], false);
+    let out = run_async(&["redrive", "exec-cli"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--include-cancelled"));
+
+    h.dead_letter_garbage(b"garbage", buyonce_shared::DeadLetterReason::Malformed)
+        .await;
+    let out = run_async(&["dlq", "list", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["dead_letters"][0]["reason"], "malformed");
+    let id = listing["dead_letters"][0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let out = run_async(&["dlq", "list"]).await;
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("REASON") && table.contains("malformed (!)"),
+        "{table}"
+    );
+    let out = run_async(&["dlq", "show", &id]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("raw body (7 bytes, escaped): garbage"));
+    let out = run_async(&["dlq", "replay", &id]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("malformed messages cannot be replayed"));
+    let out = run_async(&["dlq", "purge", "--all"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("refusing to purge without --yes: 1 archived dead letters"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(h.count("dead_letters").await, 1);
+    let out = run_async(&["dlq", "purge", "--all", "--yes"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("purged 1 dead letters (1 malformed)"));
+    assert_eq!(h.count("dead_letters").await, 0);
+    let out = run_async(&["dlq", "show", &id]).await;
+    assert_eq!(out.status.code(), Some(1));
     h.cleanup().await;
 }

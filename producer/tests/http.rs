@@ -12,7 +12,7 @@ use buyonce_producer::serve::{listen_addr, serve};
 use buyonce_producer::{ApiTokens, ServeConfig, ServeOverrides};
 use buyonce_shared::config::{CommonConfig, Secret};
 use buyonce_shared::document::MAX_DOCUMENT_BYTES;
-use buyonce_shared::IdempotencyToken;
+use buyonce_shared::{DeadLetterReason, IdempotencyToken};
 use common::{document_json, Harness};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -43,6 +43,7 @@ impl Server {
             broker: broker.clone(),
             metrics: Arc::new(Metrics::new()),
             tokens,
+            daily_budget_usd: Some(1000.0),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -351,6 +352,184 @@ async fn redrive_over_http_republishes_failed_items() {
         .post("/v1/executions/exec-nope/redrive", &Value::Null)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn pause_resume_status_cancel_and_redrive_of_cancelled_items_over_http() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+
+    let (status, paused) = server
+        .post("/v1/pause", &json!({ "reason": "incident 7" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(paused["paused"], true);
+    assert_eq!(paused["reason"], "incident 7");
+    assert_eq!(paused["changed_by"], "api");
+    let (status, body) = server.get("/v1/pause").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["paused"],
+        true
+    );
+    assert!(h.store().pause_state().await.unwrap().paused);
+    let (status, body) = server.get("/v1/status").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fleet: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(fleet["pause"]["reason"], "incident 7");
+    assert_eq!(fleet["spend"]["budget_usd"], 1000.0);
+    assert_eq!(fleet["spend"]["reserved_usd"], 0.0);
+    let (status, bad) = server.post("/v1/pause", &json!({ "why": "x" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    let (status, resumed) = server.post("/v1/resume", &Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(resumed["paused"], false);
+    assert!(!h.store().pause_state().await.unwrap().paused);
+
+    let (status, _) = server
+        .post("/v1/executions", &document_json("exec-hcx", 2))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.drain().await;
+    let (status, cancelled) = server
+        .post("/v1/executions/exec-hcx/cancel", &Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["cancelled"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        cancelled["cancelled"][0]["token"],
+        IdempotencyToken::derive("exec-hcx", 0).mask()
+    );
+    let (status, _) = server
+        .post("/v1/executions/exec-none/cancel", &Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, refused) = server
+        .post("/v1/executions/exec-hcx/redrive", &Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused["error"]
+        .as_str()
+        .unwrap()
+        .contains("include_cancelled=true"));
+    let (status, redriven) = server
+        .post(
+            "/v1/executions/exec-hcx/redrive?include_cancelled=true",
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{redriven}");
+    assert_eq!(redriven["items"].as_array().unwrap().len(), 2);
+    assert_eq!(redriven["items"][0]["old_status"], "cancelled");
+    assert_eq!(h.drain().await.len(), 2);
+    let (status, _) = server
+        .post("/v1/executions/exec-hcx/redrive?include=1", &Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    server.stop().await;
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_and_replayed_over_http() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let (status, _) = server
+        .post("/v1/executions", &document_json("exec-hdl", 2))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.drain().await;
+    h.sql("UPDATE purchase_items SET status = 'dead', attempts = 8 WHERE rec_index = 1")
+        .await;
+    h.dead_letter_garbage(b"\xff\xfe not json", DeadLetterReason::Malformed)
+        .await;
+    h.dead_letter_item("exec-hdl", 1, DeadLetterReason::MaxAttempts, "gave up")
+        .await;
+
+    let unauthenticated = server
+        .client
+        .get(server.url("/v1/dead-letters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = server.get("/v1/dead-letters").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listing: Value = serde_json::from_str(&body).unwrap();
+    let rows = listing["dead_letters"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["reason"], "malformed");
+    assert_eq!(rows[0]["replayable"], false);
+    assert_eq!(rows[1]["reason"], "max-attempts");
+    assert_eq!(rows[1]["error"], "gave up");
+    assert_eq!(rows[1]["execution_id"], "exec-hdl");
+    assert_eq!(h.dead_queue_len().await, 0);
+    let (malformed, dead) = (
+        rows[0]["id"].as_i64().unwrap(),
+        rows[1]["id"].as_i64().unwrap(),
+    );
+    let (status, body) = server.get("/v1/dead-letters?reason=max-attempts").await;
+    assert_eq!(status, StatusCode::OK);
+    let only: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(only["total"], 1);
+    let (status, body) = server.get("/v1/dead-letters?reason=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("delivery-limit"),
+        "names the valid reasons: {body}"
+    );
+
+    let (status, body) = server.get(&format!("/v1/dead-letters/{dead}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail["envelope"]["rec_index"], 1);
+    assert!(
+        !body.contains(IdempotencyToken::derive("exec-hdl", 1).as_str()),
+        "a whole token never leaves the API"
+    );
+    let (status, body) = server.get(&format!("/v1/dead-letters/{malformed}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert!(detail["envelope"].is_null());
+    assert!(detail["body"].as_str().unwrap().contains("\\xff"), "{body}");
+    let (status, _) = server.get("/v1/dead-letters/424242").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, report) = server
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({ "ids": [malformed, dead] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["results"][0]["outcome"], "refused");
+    assert!(report["results"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("cannot be replayed"));
+    assert_eq!(report["results"][1]["outcome"], "replayed");
+    let messages = h.drain().await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].token, IdempotencyToken::derive("exec-hdl", 1));
+
+    let (status, _) = server
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({ "all": true, "reason": "malformed" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, dry) = server
+        .post(
+            "/v1/dead-letters/replay",
+            &json!({ "reason": "max-attempts", "dry_run": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dry}");
+    assert_eq!(dry["selected"], 0, "already replayed: {dry}");
     server.stop().await;
     h.cleanup().await;
 }

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use buyonce_shared::amqp::headers;
+use buyonce_shared::store::dead_letters::DeadLetterFilter;
 use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, signal, wait_for, World, SERVICES};
-use lapin::options::BasicGetOptions;
 use tokio_util::sync::CancellationToken;
 
 async fn succeeded(world: &World, execution_id: &str) -> usize {
@@ -107,27 +107,36 @@ async fn a_refused_message_reaches_the_dead_letter_queue_with_its_reason() {
         )
         .await
         .unwrap();
-    let channel = world.broker.connection.create_channel().await.unwrap();
-    let dead = wait_for(Duration::from_secs(20), "a dead letter", || {
-        let channel = channel.clone();
-        let queue = world.broker.topology.dead_queue();
-        async move {
-            channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+    // The worker dead-letters it with its reason; the archiver moves it into Postgres.
+    let dead = wait_for(
+        Duration::from_secs(20),
+        "an archived dead letter",
+        || async {
+            world
+                .store()
+                .dead_letters(&DeadLetterFilter::default())
                 .await
                 .unwrap()
-        }
-    })
+                .pop()
+        },
+    )
     .await;
-    let h = dead.delivery.properties.headers().as_ref();
-    assert_eq!(
-        headers::text(h, headers::REASON).as_deref(),
-        Some("malformed")
+    assert_eq!(dead.reason.as_str(), "malformed");
+    assert!(
+        dead.error.as_deref().unwrap().contains("not valid JSON"),
+        "{:?}",
+        dead.error
     );
-    assert!(headers::text(h, headers::ERROR)
-        .unwrap()
-        .contains("not valid JSON"));
-    assert_eq!(dead.delivery.data, b"this is not a purchase");
+    assert_eq!(dead.headers[headers::REASON], "malformed");
+    assert_eq!(dead.body, b"this is not a purchase");
+    assert_eq!(
+        world
+            .broker
+            .queue_len(&world.broker.topology.dead_queue())
+            .await
+            .unwrap(),
+        0
+    );
     assert!(world.fc.calls().is_empty() || world.fc.calls().values().sum::<u64>() == 0);
     shutdown.cancel();
     worker.handle.await.unwrap().unwrap();

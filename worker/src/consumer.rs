@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use buyonce_shared::amqp::{self, headers, Publisher, Topology};
+use buyonce_shared::amqp::{self, dead_letters, headers, Publisher, Topology};
 use buyonce_shared::db;
 use buyonce_shared::store::Store;
 use futures::StreamExt;
@@ -127,7 +127,6 @@ struct Consumer {
     handler: Arc<Handler>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    #[allow(dead_code)]
     store: Store,
 }
 
@@ -182,6 +181,26 @@ impl Consumer {
             .context("opening the consume channel")?;
         self.topology.declare(&channel).await?;
         let publisher = Publisher::new(&conn, self.topology.clone()).await?;
+        // Dead letters move from the queue into Postgres continuously (every replica may run
+        // one; archiving is idempotent). Stopped when this session ends, whatever the reason.
+        let session_stop = shutdown.child_token();
+        let _stop_archiver = session_stop.clone().drop_guard();
+        if self.config.archive_dead_letters {
+            let archive_channel = conn
+                .create_channel()
+                .await
+                .context("opening the dead-letter archiver channel")?;
+            let store = self.store.clone();
+            let topology = self.topology.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    dead_letters::run_archiver_on(store, archive_channel, topology, session_stop)
+                        .await
+                {
+                    warn!(error = %format!("{e:#}"), "dead-letter archiver stopped; the next session restarts it");
+                }
+            });
+        }
         // Prefetch = concurrency: the broker hands out no more than the worker can work on, so
         // a crashed worker strands at most that many messages (redelivered to others).
         let prefetch = u16::try_from(self.config.concurrency).unwrap_or(u16::MAX);

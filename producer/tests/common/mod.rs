@@ -1,11 +1,16 @@
 //! Test helpers: each test gets its own Postgres schema and its own queue prefix.
 #![allow(dead_code)]
 
+use buyonce_shared::amqp::headers;
+use buyonce_shared::amqp::publisher::purchase_properties;
 use buyonce_shared::envelope::PurchaseMessage;
 use buyonce_shared::store::Store;
 use buyonce_shared::testing::{TestBroker, TestDb};
+use buyonce_shared::DeadLetterReason;
 use buyonce_shared::ExecutionDocument;
 use lapin::options::BasicGetOptions;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
 use serde_json::{json, Value};
 
 pub struct Harness {
@@ -57,6 +62,79 @@ impl Harness {
             .await
             .unwrap()
             .get(0)
+    }
+
+    /// The purchase message of a stored item, as the producer publishes it.
+    pub async fn message_of(&self, execution_id: &str, rec_index: i32) -> PurchaseMessage {
+        let (item, lineage) = self
+            .store()
+            .item_with_lineage(execution_id, rec_index)
+            .await
+            .unwrap()
+            .expect("the item exists");
+        item.to_message(&lineage).unwrap()
+    }
+
+    /// Dead-letters `body` the way a worker does (`worker::consumer::apply`): the original
+    /// properties plus the reason headers, to the dead-letter exchange. Returns the
+    /// dead-letter ID it put in `x-buyonce-dead-letter-id`.
+    pub async fn dead_letter_as_worker(
+        &self,
+        body: &[u8],
+        original: BasicProperties,
+        reason: DeadLetterReason,
+        error: &str,
+        dead_letter_id: Option<String>,
+    ) -> String {
+        let id = dead_letter_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut table = original.headers().clone().unwrap_or_default();
+        for (k, v) in [
+            (headers::REASON, reason.as_str().to_owned()),
+            (headers::ERROR, error.to_owned()),
+            (headers::DEAD_LETTER_ID, id.clone()),
+            (headers::DEAD_AT, chrono::Utc::now().to_rfc3339()),
+        ] {
+            table.insert(k.into(), headers::long(&v));
+        }
+        self.broker
+            .publisher
+            .publish_dead(body, original.with_headers(table))
+            .await
+            .expect("dead letter published");
+        id
+    }
+
+    /// Dead-letters the item's own message as a worker would.
+    pub async fn dead_letter_item(
+        &self,
+        execution_id: &str,
+        rec_index: i32,
+        reason: DeadLetterReason,
+        error: &str,
+    ) -> String {
+        let msg = self.message_of(execution_id, rec_index).await;
+        self.dead_letter_as_worker(
+            &msg.to_bytes(),
+            purchase_properties(&msg),
+            reason,
+            error,
+            None,
+        )
+        .await
+    }
+
+    /// Dead-letters bytes that are not a purchase message, as a worker refusing them would.
+    pub async fn dead_letter_garbage(&self, body: &[u8], reason: DeadLetterReason) -> String {
+        let props = BasicProperties::default().with_headers(FieldTable::default());
+        self.dead_letter_as_worker(body, props, reason, "refused", None)
+            .await
+    }
+
+    pub async fn dead_queue_len(&self) -> u32 {
+        self.broker
+            .queue_len(&self.broker.topology.dead_queue())
+            .await
+            .unwrap()
     }
 
     pub async fn cleanup(self) {

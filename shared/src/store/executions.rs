@@ -94,6 +94,18 @@ pub enum Submitted {
     Conflict { stored: Box<Value> },
 }
 
+/// What cancelling an execution did.
+#[derive(Debug, Clone)]
+pub struct Cancellation {
+    /// The execution's status before the cancel.
+    pub previous: ExecutionStatus,
+    /// Items moved `queued → cancelled`: they will never be bought.
+    pub cancelled: Vec<ItemRow>,
+    /// Items `running` when the cancel committed: a purchase in flight cannot be recalled, so
+    /// they finish (and are recorded) as usual.
+    pub running: Vec<ItemRow>,
+}
+
 impl Store {
     /// Records an execution and all its items in one transaction (the outbox write).
     ///
@@ -324,6 +336,110 @@ impl Store {
             )
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Cancels an execution: `approved|running → cancelled`, and every item `queued →
+    /// cancelled`, in one transaction. Workers claim only items of executions that are not
+    /// cancelled, so after the commit no queued item can start; an item a worker claimed first
+    /// is reported in `running`. `Conflict` when the execution already ended or was cancelled.
+    #[tracing::instrument(skip_all, fields(execution.id = %execution_id))]
+    pub async fn cancel_execution(
+        &self,
+        execution_id: &str,
+        cancelled_by: &str,
+    ) -> StoreResult<Cas<Cancellation>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT status FROM executions WHERE execution_id = $1 FOR UPDATE",
+                &[&execution_id],
+            )
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(Cas::NotFound);
+        };
+        let status: String = row.try_get(0)?;
+        let previous = ExecutionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown execution status {status:?}")))?;
+        if !matches!(
+            previous,
+            ExecutionStatus::Approved | ExecutionStatus::Running
+        ) {
+            tx.rollback().await?;
+            return Ok(Cas::Conflict { actual: status });
+        }
+        tx.execute(
+            "UPDATE executions SET status = 'cancelled', error = $2, updated_at = now()
+              WHERE execution_id = $1",
+            &[&execution_id, &format!("cancelled by {cancelled_by}")],
+        )
+        .await?;
+        let cancelled = tx
+            .query(
+                &format!(
+                    "WITH moved AS (
+                         UPDATE purchase_items
+                            SET status = 'cancelled', error = $2, heartbeat_at = NULL,
+                                claim_id = NULL, updated_at = now()
+                          WHERE execution_id = $1 AND status = 'queued'
+                      RETURNING *
+                     )
+                     SELECT {ITEM_COLUMNS} FROM moved i ORDER BY i.rec_index"
+                ),
+                &[
+                    &execution_id,
+                    &format!("cancelled before purchase by {cancelled_by}"),
+                ],
+            )
+            .await?;
+        // After the update: an item a worker claimed while we waited for its row lock shows
+        // up here, as running.
+        let running = tx
+            .query(
+                &format!(
+                    "SELECT {ITEM_COLUMNS} FROM purchase_items i
+                      WHERE i.execution_id = $1 AND i.status = 'running' ORDER BY i.rec_index"
+                ),
+                &[&execution_id],
+            )
+            .await?;
+        let cancellation = Cancellation {
+            previous,
+            cancelled: cancelled
+                .iter()
+                .map(item_from_row)
+                .collect::<StoreResult<_>>()?,
+            running: running
+                .iter()
+                .map(item_from_row)
+                .collect::<StoreResult<_>>()?,
+        };
+        tx.commit().await?;
+        Ok(Cas::Applied(cancellation))
+    }
+
+    /// Undoes a cancel for a re-drive that includes cancelled items: `cancelled → running`.
+    /// Run before the items are requeued, so their messages find a claimable execution.
+    pub async fn reopen_cancelled_execution(&self, execution_id: &str) -> StoreResult<Cas<()>> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE executions SET status = 'running', error = NULL, updated_at = now()
+                  WHERE execution_id = $1 AND status = 'cancelled'",
+                &[&execution_id],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Cas::Applied(()));
+        }
+        Ok(match self.execution(execution_id).await? {
+            None => Cas::NotFound,
+            Some(e) => Cas::Conflict {
+                actual: e.status.as_str().into(),
+            },
+        })
     }
 
     /// Executions with failed or dead items (for re-driving everything that failed).

@@ -199,6 +199,59 @@ pub struct Recorded {
     pub tag_pending: bool,
 }
 
+/// The item a broker-dead-lettered message belongs to, for the archiver's
+/// `queued|running → dead` CAS ([`Store::archive_dead_letter`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemDeath {
+    pub execution_id: String,
+    pub rec_index: i32,
+    pub token: String,
+    /// The message's recommendation: only the item's own message may end it.
+    pub recommendation: Value,
+    pub error: String,
+}
+
+/// `queued|running → dead` for the item of a dead-lettered message, inside the archiver's
+/// transaction. Matches token, execution, index and recommendation together.
+pub(crate) async fn mark_dead_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    death: &ItemDeath,
+) -> StoreResult<Cas<String>> {
+    let rows = tx
+        .query(
+            "UPDATE purchase_items
+                SET status = 'dead', error = $5, heartbeat_at = NULL, claim_id = NULL,
+                    updated_at = now()
+              WHERE token = $1 AND execution_id = $2 AND rec_index = $3
+                AND recommendation = $4::jsonb AND status IN ('queued', 'running')
+          RETURNING execution_id",
+            &[
+                &death.token,
+                &death.execution_id,
+                &death.rec_index,
+                &death.recommendation,
+                &death.error,
+            ],
+        )
+        .await?;
+    if let Some(row) = rows.first() {
+        return Ok(Cas::Applied(row.try_get(0)?));
+    }
+    let row = tx
+        .query_opt(
+            "SELECT status FROM purchase_items
+              WHERE token = $1 AND execution_id = $2 AND rec_index = $3",
+            &[&death.token, &death.execution_id, &death.rec_index],
+        )
+        .await?;
+    Ok(match row {
+        None => Cas::NotFound,
+        Some(r) => Cas::Conflict {
+            actual: r.try_get(0)?,
+        },
+    })
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -472,6 +525,26 @@ impl Store {
                 Err(_) => Ok(Cas::NotFound),
             },
         }
+    }
+
+    /// Number of items per status across every execution (the fleet summary).
+    pub async fn item_status_counts(&self) -> StoreResult<Vec<(ItemStatus, i64)>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT status, count(*) FROM purchase_items GROUP BY status ORDER BY status",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get(0)?;
+                let status = ItemStatus::parse(&status).ok_or_else(|| {
+                    StoreError::Invalid(format!("unknown item status {status:?}"))
+                })?;
+                Ok((status, r.try_get(1)?))
+            })
+            .collect()
     }
 
     /// Marks items as published (after the broker confirmed their messages).

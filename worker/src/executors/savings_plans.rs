@@ -54,6 +54,13 @@ fn upfront_fraction(p: Payment) -> f64 {
     }
 }
 
+/// AWS takes the hourly commitment as a string with at most five decimals; `0.1 * 3` must
+/// not go out as `0.30000000000000004`.
+pub fn commitment_string(usd_per_hour: f64) -> String {
+    let s = format!("{usd_per_hour:.5}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 fn parse_usd(s: Option<&str>) -> Option<f64> {
     s.and_then(|v| v.trim().parse().ok())
 }
@@ -122,7 +129,7 @@ impl Executor for SavingsPlans {
         let mut create = client
             .create_savings_plan()
             .savings_plan_offering_id(&offering_id)
-            .commitment(format!("{commitment}"))
+            .commitment(commitment_string(commitment))
             // Always set: the SDK would otherwise invent a fresh token per call.
             .client_token(req.token.as_str())
             .tags(ctx.tag_key(), req.token.as_str());
@@ -166,5 +173,18 @@ impl Executor for SavingsPlans {
             how: How::Purchased,
             tag_pending: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commitment_string;
+
+    #[test]
+    fn commitments_are_sent_with_at_most_five_decimals() {
+        assert_eq!(commitment_string(0.1 * 3.0), "0.3");
+        assert_eq!(commitment_string(1.25), "1.25");
+        assert_eq!(commitment_string(2.0), "2");
+        assert_eq!(commitment_string(0.123456789), "0.12346");
     }
 }
