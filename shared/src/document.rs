@@ -931,4 +931,65 @@ mod tests {
         );
         assert_eq!(canonical.canonical(), canonical);
     }
+
+    /// Arbitrary JSON values, for structure-aware fuzzing of the decoder.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = ExecutionDocument::from_json(&bytes);
+        }
+
+        #[test]
+        fn decoding_a_mutated_valid_document_never_panics(
+            field in proptest::sample::select(vec![
+                "execution_id", "idempotency_key", "approved_by", "source", "recommendations",
+                "provider", "service", "account", "region", "resource_type", "count", "term",
+                "payment", "platform", "offering_class", "engine", "multi_az", "plan_type",
+                "commitment_usd_per_hour", "offering_id", "max_upfront_usd", "extra",
+            ]),
+            index in 0usize..4,
+            value in json_value(),
+        ) {
+            let bytes = with(|v| {
+                if ["execution_id", "idempotency_key", "approved_by", "source", "recommendations", "extra"].contains(&field) {
+                    v[field] = value.clone();
+                } else {
+                    v["recommendations"][index][field] = value.clone();
+                }
+            });
+            match ExecutionDocument::from_json(&bytes) {
+                // Whatever is accepted must be internally valid and re-serialise losslessly.
+                Ok(doc) => {
+                    proptest::prop_assert!(doc.validate().is_ok());
+                    let again = ExecutionDocument::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap();
+                    proptest::prop_assert_eq!(again, doc);
+                }
+                // Whatever is refused says where, unless it is not JSON at all.
+                Err(e) => {
+                    let located = !e.field_errors().is_empty() || matches!(e, DocumentError::Syntax { .. });
+                    proptest::prop_assert!(located, "error without a location: {}", e);
+                }
+            }
+        }
+    }
 }

@@ -222,6 +222,9 @@ async fn tag(
             .create_tags()
             .resources(ri_id)
             .tags(Tag::builder().key(tag_key).value(token.as_str()).build())
+            // This loop is the retry policy; the SDK's own retries would multiply it.
+            .customize()
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(no_retry()))
             .send()
             .await
         {
