@@ -267,3 +267,55 @@ async fn a_killed_workers_in_flight_message_is_redelivered_and_bought_once() {
         .success());
     world.cleanup().await;
 }
+
+/// Regression: with fewer database connections than in-flight purchases, a heartbeat awaited
+/// next to the purchase used to stop the purchase from being polled while it waited for a
+/// connection that only a suspended purchase could give back — two busy workers stalled for the
+/// pool's 30 s wait timeout. Now the heartbeat is its own task; 400 purchases take seconds.
+/// (These settings reproduced the old stall in 2 of 3 runs here; the fixed code passed every run.)
+#[tokio::test]
+async fn busy_workers_with_a_small_database_pool_do_not_stall() {
+    let world = World::new().await;
+    let url = format!("{}&sslmode=disable", world.database_url());
+    let env = [
+        ("BUYONCE_CONCURRENCY", "64"),
+        ("BUYONCE_PER_ACCOUNT_CONCURRENCY", "64"),
+        ("BUYONCE_DATABASE_POOL_SIZE", "12"),
+        ("BUYONCE_DATABASE_URL", url.as_str()),
+    ];
+    let logs = tempfile::tempdir().unwrap();
+    let mut a = world.spawn_worker_process(&env, &logs.path().join("a.log"));
+    let mut b = world.spawn_worker_process(&env, &logs.path().join("b.log"));
+    let recs: Vec<serde_json::Value> = (0..400)
+        .map(|i| {
+            let mut r = recommendation("savings-plans");
+            r["commitment_usd_per_hour"] = serde_json::json!((f64::from(i) + 1.0) / 100.0);
+            r
+        })
+        .collect();
+    world.enqueue(&execution("exec-small-pool", recs)).await;
+    let started = Instant::now();
+    wait_for(
+        Duration::from_secs(25),
+        "400 purchases without a stall",
+        || async { (succeeded(&world, "exec-small-pool").await == 400).then_some(()) },
+    )
+    .await;
+    println!(
+        "400 purchases in {:?} with 2 × 12 connections",
+        started.elapsed()
+    );
+    assert_eq!(world.fc.ledger().len(), 400);
+    for w in [&a, &b] {
+        signal(w, libc::SIGTERM);
+    }
+    assert!(wait_exit(&mut a, Duration::from_secs(20))
+        .await
+        .expect("a exits")
+        .success());
+    assert!(wait_exit(&mut b, Duration::from_secs(20))
+        .await
+        .expect("b exits")
+        .success());
+    world.cleanup().await;
+}

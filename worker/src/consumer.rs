@@ -107,6 +107,8 @@ async fn connect_db_with_retry(
     loop {
         match db::connect(&config.common.database).await {
             Ok(pool) => return Ok(pool),
+            // Waiting does not fix a refused certificate or password: fail at once, loudly.
+            Err(e) if is_configuration_problem(&e) => return Err(e),
             Err(e) if tries < 8 => {
                 warn!(error = %format!("{e:#}"), retry_in = ?wait, "Postgres not ready");
                 tokio::select! {
@@ -119,6 +121,18 @@ async fn connect_db_with_retry(
             Err(e) => return Err(e),
         }
     }
+}
+
+fn is_configuration_problem(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}").to_ascii_lowercase();
+    [
+        "certificate",
+        "password authentication failed",
+        "no pg_hba.conf entry",
+        "does not exist",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 struct Consumer {

@@ -24,7 +24,7 @@ pub struct CommitmentRow {
 impl Store {
     /// The ledger rows of an execution, or of everything when `execution_id` is `None`.
     pub async fn commitments(&self, execution_id: Option<&str>) -> StoreResult<Vec<CommitmentRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("commitments").await?;
         let rows = client
             .query(
                 "SELECT token, execution_id, rec_index, provider, service, account, region,
@@ -61,7 +61,7 @@ impl Store {
         commitment_id: &str,
         token: &str,
     ) -> StoreResult<bool> {
-        let client = self.pool.get().await?;
+        let client = self.conn("attributed_elsewhere").await?;
         let row = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM commitments WHERE commitment_id = $1 AND token <> $2)",

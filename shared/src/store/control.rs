@@ -40,7 +40,7 @@ impl Store {
         reason: Option<&str>,
         changed_by: &str,
     ) -> StoreResult<PauseState> {
-        let client = self.pool.get().await?;
+        let client = self.conn("set_paused").await?;
         let row = client
             .query_one(
                 "UPDATE fleet_control SET paused = $1, reason = $2, changed_by = $3,
@@ -58,7 +58,7 @@ impl Store {
     }
 
     pub async fn pause_state(&self) -> StoreResult<PauseState> {
-        let client = self.pool.get().await?;
+        let client = self.conn("pause_state").await?;
         let row = client
             .query_one(
                 "SELECT paused, reason, changed_by, changed_at FROM fleet_control WHERE id",
@@ -82,7 +82,7 @@ impl Store {
         amount_usd: f64,
         budget_usd: f64,
     ) -> StoreResult<Reservation> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn("reserve_budget").await?;
         let tx = client.transaction().await?;
         let existing = tx
             .query_opt(
@@ -142,7 +142,7 @@ impl Store {
     /// Gives a reservation back (the purchase certainly did not happen: a permanent refusal).
     /// Never called when the outcome is unknown: keeping the money reserved is the safe side.
     pub async fn release_budget(&self, token: &str) -> StoreResult<bool> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn("release_budget").await?;
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
@@ -170,7 +170,7 @@ impl Store {
 
     /// Today's reserved spend (UTC).
     pub async fn spend_today(&self) -> StoreResult<SpendToday> {
-        let client = self.pool.get().await?;
+        let client = self.conn("spend_today").await?;
         let row = client
             .query_one(
                 "SELECT (now() AT TIME ZONE 'UTC')::date,

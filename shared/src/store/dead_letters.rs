@@ -211,7 +211,7 @@ impl Store {
         dl: &NewDeadLetter,
         mark_item: Option<&ItemDeath>,
     ) -> StoreResult<Archived> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn("archive_dead_letter").await?;
         let tx = client.transaction().await?;
         let inserted = tx
             .query_opt(
@@ -264,7 +264,7 @@ impl Store {
 
     /// Dead letters matching `filter`, in archive order.
     pub async fn dead_letters(&self, filter: &DeadLetterFilter) -> StoreResult<Vec<DeadLetterRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("dead_letters").await?;
         let p = FilterParams::new(filter);
         let mut params: Vec<&(dyn ToSql + Sync)> = p.params().to_vec();
         params.push(&filter.limit);
@@ -281,7 +281,7 @@ impl Store {
 
     /// How many dead letters match `filter` (its `limit` is ignored).
     pub async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> StoreResult<i64> {
-        let client = self.pool.get().await?;
+        let client = self.conn("count_dead_letters").await?;
         let p = FilterParams::new(filter);
         let row = client
             .query_one(
@@ -294,7 +294,7 @@ impl Store {
 
     /// One dead letter.
     pub async fn dead_letter(&self, id: i64) -> StoreResult<Option<DeadLetterRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("dead_letter").await?;
         let row = client
             .query_opt(
                 &format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1"),
@@ -310,7 +310,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
-        let client = self.pool.get().await?;
+        let client = self.conn("mark_dead_letters_replayed").await?;
         Ok(client
             .execute(
                 "UPDATE dead_letters SET replay_count = replay_count + 1, replayed_at = now()
@@ -327,7 +327,7 @@ impl Store {
         &self,
         filter: &DeadLetterFilter,
     ) -> StoreResult<Vec<(DeadLetterReason, i64)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("delete_dead_letters").await?;
         let p = FilterParams::new(filter);
         let rows = client
             .query(
@@ -353,7 +353,7 @@ impl Store {
 
     /// Archived dead letters per reason, and how many of them were never replayed.
     pub async fn dead_letter_counts(&self) -> StoreResult<Vec<(DeadLetterReason, i64, i64)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("dead_letter_counts").await?;
         let rows = client
             .query(
                 "SELECT reason, count(*), count(*) FILTER (WHERE replay_count = 0)

@@ -118,7 +118,7 @@ impl Store {
         let document =
             serde_json::to_value(&canonical).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let lineage = canonical.lineage_key();
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn("submit_execution").await?;
         let tx = client.transaction().await?;
         let inserted = tx
             .execute(
@@ -205,7 +205,7 @@ impl Store {
 
     /// One execution.
     pub async fn execution(&self, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("execution").await?;
         let row = client
             .query_opt(
                 &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1"),
@@ -217,7 +217,7 @@ impl Store {
 
     /// Every item of an execution, by index.
     pub async fn items_of(&self, execution_id: &str) -> StoreResult<Vec<ItemRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("items_of").await?;
         let rows = client
             .query(
                 &format!(
@@ -232,7 +232,7 @@ impl Store {
 
     /// `approved → running` once its messages are published.
     pub async fn mark_execution_running(&self, execution_id: &str) -> StoreResult<Cas<()>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("mark_execution_running").await?;
         let n = client
             .execute(
                 "UPDATE executions SET status = 'running', updated_at = now()
@@ -259,7 +259,7 @@ impl Store {
         &self,
         execution_id: &str,
     ) -> StoreResult<Cas<()>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("mark_execution_running_if_published").await?;
         let n = client
             .execute(
                 "UPDATE executions e SET status = 'running', updated_at = now()
@@ -289,7 +289,7 @@ impl Store {
         &self,
         execution_id: &str,
     ) -> StoreResult<Option<ExecutionStatus>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("finish_execution_if_done").await?;
         let stmt = client
             .prepare_cached(
                 "UPDATE executions e
@@ -323,7 +323,7 @@ impl Store {
     /// Executions still `approved|running` with no live item (the last item's worker died
     /// between its commit and the aggregate update), oldest first.
     pub async fn open_executions_without_live_items(&self, limit: i64) -> StoreResult<Vec<String>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("open_executions_without_live_items").await?;
         let rows = client
             .query(
                 "SELECT e.execution_id FROM executions e
@@ -348,7 +348,7 @@ impl Store {
         execution_id: &str,
         cancelled_by: &str,
     ) -> StoreResult<Cas<Cancellation>> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn("cancel_execution").await?;
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
@@ -423,7 +423,7 @@ impl Store {
     /// Undoes a cancel for a re-drive that includes cancelled items: `cancelled → running`.
     /// Run before the items are requeued, so their messages find a claimable execution.
     pub async fn reopen_cancelled_execution(&self, execution_id: &str) -> StoreResult<Cas<()>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("reopen_cancelled_execution").await?;
         let n = client
             .execute(
                 "UPDATE executions SET status = 'running', error = NULL, updated_at = now()
@@ -444,7 +444,7 @@ impl Store {
 
     /// Executions with failed or dead items (for re-driving everything that failed).
     pub async fn executions_with_failures(&self) -> StoreResult<Vec<String>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("executions_with_failures").await?;
         let rows = client
             .query(
                 "SELECT DISTINCT execution_id FROM purchase_items

@@ -263,7 +263,7 @@ impl Store {
     /// fleet not paused. When nothing matches, a second query says why.
     #[tracing::instrument(skip_all, fields(execution.id = %msg.execution_id, item.rec_index = %msg.rec_index, token = %msg.token))]
     pub async fn claim(&self, msg: &PurchaseMessage, stale_after: Duration) -> StoreResult<Claim> {
-        let client = self.pool.get().await?;
+        let client = self.conn("claim").await?;
         let claim_id = Uuid::new_v4();
         let recommendation = serde_json::to_value(&msg.recommendation)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -355,7 +355,7 @@ impl Store {
     /// Refreshes the heartbeat of a running item we own. `false` when the claim was lost (the
     /// item moved on or another worker took it over).
     pub async fn heartbeat(&self, token: &IdempotencyToken, claim_id: Uuid) -> StoreResult<bool> {
-        let client = self.pool.get().await?;
+        let client = self.conn("heartbeat").await?;
         let n = client
             .execute(
                 "UPDATE purchase_items SET heartbeat_at = now()
@@ -374,7 +374,7 @@ impl Store {
         claim_id: Uuid,
         state: &Value,
     ) -> StoreResult<bool> {
-        let client = self.pool.get().await?;
+        let client = self.conn("set_provider_state").await?;
         let n = client
             .execute(
                 "UPDATE purchase_items SET provider_state = $3, updated_at = now()
@@ -396,7 +396,7 @@ impl Store {
         token: &IdempotencyToken,
         recorded: &Recorded,
     ) -> StoreResult<Cas<String>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("record_success").await?;
         let stmt = client
             .prepare_cached(
                 "WITH c AS (
@@ -434,7 +434,7 @@ impl Store {
     }
 
     async fn classify_missing<T>(&self, token: &IdempotencyToken) -> StoreResult<Cas<T>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("classify_missing").await?;
         let row = client
             .query_opt(
                 "SELECT status FROM purchase_items WHERE token = $1",
@@ -459,7 +459,7 @@ impl Store {
         error: &str,
         uncount: bool,
     ) -> StoreResult<Cas<()>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("release_for_retry").await?;
         let n = client
             .execute(
                 "UPDATE purchase_items
@@ -487,7 +487,7 @@ impl Store {
         error: &str,
     ) -> StoreResult<Cas<String>> {
         debug_assert!(matches!(status, ItemStatus::Failed | ItemStatus::Dead));
-        let client = self.pool.get().await?;
+        let client = self.conn("finish_unsuccessful").await?;
         let rows = client
             .query(
                 "UPDATE purchase_items
@@ -507,7 +507,7 @@ impl Store {
     /// Marks an item dead because its message was dead-lettered by the broker or refused by a
     /// worker before a claim: `queued|running → dead`.
     pub async fn mark_dead(&self, token: &str, error: &str) -> StoreResult<Cas<String>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("mark_dead").await?;
         let rows = client
             .query(
                 "UPDATE purchase_items
@@ -529,7 +529,7 @@ impl Store {
 
     /// Number of items per status across every execution (the fleet summary).
     pub async fn item_status_counts(&self) -> StoreResult<Vec<(ItemStatus, i64)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("item_status_counts").await?;
         let rows = client
             .query(
                 "SELECT status, count(*) FROM purchase_items GROUP BY status ORDER BY status",
@@ -552,7 +552,7 @@ impl Store {
         if tokens.is_empty() {
             return Ok(0);
         }
-        let client = self.pool.get().await?;
+        let client = self.conn("mark_published").await?;
         Ok(client
             .execute(
                 "UPDATE purchase_items SET published_at = now()
@@ -569,7 +569,7 @@ impl Store {
         older_than: Duration,
         limit: i64,
     ) -> StoreResult<Vec<(ItemRow, String)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("unpublished").await?;
         let rows = client
             .query(
                 &format!(
@@ -590,7 +590,7 @@ impl Store {
 
     /// One item by token.
     pub async fn item_by_token(&self, token: &str) -> StoreResult<Option<ItemRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("item_by_token").await?;
         let row = client
             .query_opt(
                 &format!("SELECT {ITEM_COLUMNS} FROM purchase_items i WHERE i.token = $1"),
@@ -606,7 +606,7 @@ impl Store {
         execution_id: &str,
         rec_index: i32,
     ) -> StoreResult<Option<(ItemRow, String)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("item_with_lineage").await?;
         let row = client
             .query_opt(
                 &format!(
@@ -635,7 +635,7 @@ impl Store {
                 "older_than must be positive: a zero cutoff would reap live purchases".into(),
             ));
         }
-        let client = self.pool.get().await?;
+        let client = self.conn("stale_running").await?;
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT {ITEM_COLUMNS} FROM purchase_items i
@@ -667,7 +667,7 @@ impl Store {
         if older_than.is_zero() {
             return Err(StoreError::Invalid("older_than must be positive".into()));
         }
-        let client = self.pool.get().await?;
+        let client = self.conn("reap_if_stale").await?;
         let rows = client
             .query(
                 "UPDATE purchase_items
@@ -709,7 +709,7 @@ impl Store {
         if older_than.is_zero() {
             return Err(StoreError::Invalid("older_than must be positive".into()));
         }
-        let client = self.pool.get().await?;
+        let client = self.conn("reap_batch").await?;
         let rows = client
             .query(
                 "UPDATE purchase_items
@@ -727,7 +727,7 @@ impl Store {
 
     /// Current status of each token that still exists.
     pub async fn statuses_of(&self, tokens: &[String]) -> StoreResult<Vec<(String, String)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("statuses_of").await?;
         let rows = client
             .query(
                 "SELECT token, status FROM purchase_items WHERE token = ANY($1)",
@@ -741,7 +741,7 @@ impl Store {
 
     /// Items whose token tag is still to be written, oldest first.
     pub async fn tag_pending(&self, limit: i64) -> StoreResult<Vec<ItemRow>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("tag_pending").await?;
         let rows = client
             .query(
                 &format!(
@@ -756,7 +756,7 @@ impl Store {
 
     /// Clears `tag_pending` after the tag was written.
     pub async fn clear_tag_pending(&self, token: &str) -> StoreResult<bool> {
-        let client = self.pool.get().await?;
+        let client = self.conn("clear_tag_pending").await?;
         let n = client
             .execute(
                 "UPDATE purchase_items SET tag_pending = false, updated_at = now()
@@ -779,7 +779,7 @@ impl Store {
         reset_attempts: bool,
         max_attempts: Option<i32>,
     ) -> StoreResult<Vec<(ItemRow, String)>> {
-        let client = self.pool.get().await?;
+        let client = self.conn("requeue").await?;
         let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         let rows = client
             .query(

@@ -8,9 +8,13 @@ pub mod dead_letters;
 pub mod executions;
 pub mod items;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
 
 pub use executions::{ExecutionRow, ExecutionStatus};
 pub use items::{ItemRow, ItemStatus};
@@ -83,11 +87,90 @@ impl<T> fmt::Display for Cas<T> {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Who holds each checked-out connection, since when: when the pool runs dry, the error
+    /// says where the connections are instead of only "timeout".
+    held: Arc<Mutex<HashMap<u64, (&'static str, Instant)>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// A pooled connection checked out by a named store function.
+pub(crate) struct Conn {
+    object: Object,
+    id: u64,
+    held: Arc<Mutex<HashMap<u64, (&'static str, Instant)>>>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        &self.object
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Object {
+        &mut self.object
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&self.id);
+        }
+    }
 }
 
 impl Store {
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            held: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
+    /// Checks out a connection for `what` (a store function's name).
+    pub(crate) async fn conn(&self, what: &'static str) -> StoreResult<Conn> {
+        let object = match self.pool.get().await {
+            Ok(o) => o,
+            Err(e) => {
+                let mut text = crate::db::pool_error_text(&e);
+                if matches!(e, deadpool_postgres::PoolError::Timeout(_)) {
+                    text.push_str(&format!(" (connections held by: {})", self.holders()));
+                }
+                return Err(StoreError::Pool(text));
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(id, (what, Instant::now()));
+        }
+        Ok(Conn {
+            object,
+            id,
+            held: self.held.clone(),
+        })
+    }
+
+    /// `claim×3 (longest 1.2s), heartbeat×1 (0.0s)`.
+    pub fn holders(&self) -> String {
+        let Ok(held) = self.held.lock() else {
+            return "unknown".into();
+        };
+        let mut by: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
+        for (what, since) in held.values() {
+            let e = by.entry(what).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(since.elapsed().as_secs_f64());
+        }
+        if by.is_empty() {
+            return "nobody in this process".into();
+        }
+        by.iter()
+            .map(|(w, (n, longest))| format!("{w}×{n} (longest {longest:.1}s)"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn pool(&self) -> &Pool {
@@ -96,7 +179,7 @@ impl Store {
 
     /// `SELECT 1`, for readiness probes.
     pub async fn ping(&self) -> StoreResult<()> {
-        let client = self.pool.get().await?;
+        let client = self.conn("ping").await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
     }
