@@ -298,8 +298,8 @@ pub mod vars {
         name: "BUYONCE_DAILY_BUDGET_USD",
         default: None,
         expected: "a non-negative amount in USD, e.g. 25000",
-        doc: "Fleet-wide upfront spend per UTC day; purchases above it wait.",
-        read_by: WORKER,
+        doc: "Fleet-wide upfront spend per UTC day; purchases above it wait (the producer shows it in `status`).",
+        read_by: &["buyonce-worker", "buyonce-producer"],
         secret: false,
     };
     pub const TAG_KEY: VarSpec = VarSpec {

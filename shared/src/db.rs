@@ -136,9 +136,10 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
     drop(first);
     let target = redact_url(cfg.url.expose());
     let client = pool.get().await.map_err(|e| {
+        let why = pool_error_text(&e);
         anyhow::anyhow!(
-            "cannot connect to Postgres at {target}: {}",
-            pool_error_text(&e)
+            "cannot connect to Postgres at {target}: {why}{}",
+            tls_hint(&why)
         )
     })?;
     if let Some(schema) = &cfg.schema {
@@ -153,6 +154,17 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
     drop(client);
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Names what to check when the server's certificate was refused (rustls says only
+/// "invalid peer certificate: UnknownIssuer" or "NotValidForName").
+fn tls_hint(why: &str) -> &'static str {
+    if why.contains("certificate") {
+        " (TLS certificate problem: check BUYONCE_DATABASE_CA_FILE, and the host name and \
+         sslmode in BUYONCE_DATABASE_URL)"
+    } else {
+        ""
+    }
 }
 
 /// The cause of a pool error as text, including the Postgres message when there is one.

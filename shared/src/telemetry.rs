@@ -1,5 +1,6 @@
 //! Logging: one subscriber for every binary, pretty for people or JSON for collectors.
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::config::LogFormat;
@@ -7,7 +8,17 @@ use crate::config::LogFormat;
 /// Installs the global tracing subscriber. `RUST_LOG` filters (default `info`). Safe to call
 /// more than once (tests); later calls are ignored.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // tokio-postgres logs every statement's parameters at debug: whole idempotency tokens,
+    // which logs never carry (DESIGN §2). Capped at info whenever the filter goes below it.
+    if filter
+        .max_level_hint()
+        .is_none_or(|level| level > LevelFilter::INFO)
+    {
+        if let Ok(cap) = "tokio_postgres=info".parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry

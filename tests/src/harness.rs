@@ -301,18 +301,17 @@ pub fn rec_of(msg: &PurchaseMessage) -> Recommendation {
 pub fn binary(name: &str) -> std::path::PathBuf {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory")
-        .to_path_buf();
+    // Tests run from target/<profile>/deps/, binaries (the bench) from target/<profile>/.
+    let mut dir = exe.parent().expect("target directory").to_path_buf();
+    if dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--bin", name]);
+        cmd.args(["build", "--workspace", "--bin", name]);
         if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
@@ -390,7 +389,18 @@ impl World {
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdout(std::process::Stdio::null())
             .stderr(log_file);
-        cmd.spawn().expect("starting buyonce-worker")
+        // A concurrent cargo build may be relinking the binary this very moment: retry briefly.
+        let mut tries = 0;
+        loop {
+            match cmd.spawn() {
+                Ok(child) => return child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("starting buyonce-worker: {e}"),
+            }
+        }
     }
 }
 
@@ -402,4 +412,29 @@ pub fn signal(child: &std::process::Child, signal: i32) {
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so an early return or a panic
+/// never leaves a worker running against a world that is being torn down.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        signal(&self.0, libc::SIGTERM);
+        self.0.wait().ok()
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -4,3 +4,4 @@
 
 pub mod fakecloud;
 pub mod harness;
+pub mod nodes;

@@ -76,17 +76,31 @@ async fn a_live_worker_with_heartbeats_is_never_reaped() {
 async fn a_bought_but_untagged_ri_is_retagged_by_the_reaper() {
     let world = World::new().await;
     // Tag writes fail for the purchase: bought, recorded, reported as tag_pending.
-    world.fc.set_faults(Faults::rules([FaultRule::tag_write_failure("ec2:CreateTags")]));
+    world
+        .fc
+        .set_faults(Faults::rules([FaultRule::tag_write_failure(
+            "ec2:CreateTags",
+        )]));
     let handler = world.handler().await;
-    let msg = world.submit(&execution("exec-tag", vec![recommendation("ec2")])).await.remove(0);
-    assert_eq!(handler.handle(&msg.to_bytes()).await, Outcome::Done { note: "purchased" });
+    let msg = world
+        .submit(&execution("exec-tag", vec![recommendation("ec2")]))
+        .await
+        .remove(0);
+    assert_eq!(
+        handler.handle(&msg.to_bytes()).await,
+        Outcome::Done { note: "purchased" }
+    );
     let item = world.item(&msg).await;
     assert_eq!(item.status.as_str(), "succeeded");
-    assert!(item.tag_pending, "a failed tag write must be reported, not silent");
+    assert!(
+        item.tag_pending,
+        "a failed tag write must be reported, not silent"
+    );
     let ri = item.commitment_id.clone().unwrap();
     assert!(world.fc.ledger()[0].tags.is_empty());
 
-    let mut config = ReaperConfig::from_source(&[("AWS_ENDPOINT_URL", world.fc.endpoint().as_str())]).unwrap();
+    let mut config =
+        ReaperConfig::from_source(&[("AWS_ENDPOINT_URL", world.fc.endpoint().as_str())]).unwrap();
     config.aws = world.aws_settings();
     let reaper = Reaper::new(world.store().clone(), config).await;
     // Still failing: nothing retagged, still pending.
@@ -99,7 +113,10 @@ async fn a_bought_but_untagged_ri_is_retagged_by_the_reaper() {
     let ledger = world.fc.ledger();
     assert_eq!(ledger[0].commitment_id, ri);
     assert_eq!(
-        ledger[0].tags.get("buyonce-idempotency-token").map(String::as_str),
+        ledger[0]
+            .tags
+            .get("buyonce-idempotency-token")
+            .map(String::as_str),
         Some(msg.token.as_str())
     );
     world.cleanup().await;
@@ -109,12 +126,19 @@ async fn a_bought_but_untagged_ri_is_retagged_by_the_reaper() {
 async fn redrive_failed_puts_reaped_items_with_attempts_left_back_in_the_queue() {
     let world = World::new().await;
     let msgs = world
-        .submit(&execution("exec-auto", vec![recommendation("rds"), recommendation("memorydb")]))
+        .submit(&execution(
+            "exec-auto",
+            vec![recommendation("rds"), recommendation("memorydb")],
+        ))
         .await;
     // Both claimed by workers that died; one had used all its attempts.
     for m in &msgs {
         assert!(matches!(
-            world.store().claim(m, Duration::from_secs(30)).await.unwrap(),
+            world
+                .store()
+                .claim(m, Duration::from_secs(30))
+                .await
+                .unwrap(),
             buyonce_shared::store::items::Claim::Claimed { .. }
         ));
     }
@@ -129,8 +153,14 @@ async fn redrive_failed_puts_reaped_items_with_attempts_left_back_in_the_queue()
         .unwrap();
     let mut config = ReaperConfig::from_source(&[
         ("AWS_ENDPOINT_URL", world.fc.endpoint().as_str()),
-        ("BUYONCE_AMQP_URL", buyonce_shared::testing::amqp_url().as_str()),
-        ("BUYONCE_QUEUE_PREFIX", world.broker.topology.prefix.as_str()),
+        (
+            "BUYONCE_AMQP_URL",
+            buyonce_shared::testing::amqp_url().as_str(),
+        ),
+        (
+            "BUYONCE_QUEUE_PREFIX",
+            world.broker.topology.prefix.as_str(),
+        ),
         ("BUYONCE_RETRY_DELAYS", "200ms,500ms,1s"),
     ])
     .unwrap();
@@ -140,7 +170,18 @@ async fn redrive_failed_puts_reaped_items_with_attempts_left_back_in_the_queue()
     let report = reaper.sweep().await.unwrap().unwrap();
     assert_eq!((report.reaped, report.redriven), (2, 1), "{report}");
     assert_eq!(world.item(&msgs[0]).await.status.as_str(), "queued");
-    assert_eq!(world.item(&msgs[1]).await.status.as_str(), "failed", "attempts exhausted: stays failed");
-    assert_eq!(world.broker.queue_len(&world.broker.topology.purchases_queue()).await.unwrap(), 1);
+    assert_eq!(
+        world.item(&msgs[1]).await.status.as_str(),
+        "failed",
+        "attempts exhausted: stays failed"
+    );
+    assert_eq!(
+        world
+            .broker
+            .queue_len(&world.broker.topology.purchases_queue())
+            .await
+            .unwrap(),
+        1
+    );
     world.cleanup().await;
 }

@@ -50,10 +50,27 @@ pub async fn connect(cfg: &AmqpConfig, name: &str) -> anyhow::Result<Connection>
     // A TLS listener that never answers a plain handshake would otherwise hang forever.
     match tokio::time::timeout(std::time::Duration::from_secs(20), connect).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(anyhow::anyhow!(
-            "cannot connect to RabbitMQ at {target}: {}",
-            describe_error(&e)
-        )),
+        Ok(Err(e)) => {
+            let mut why = describe_error(&e);
+            // A TLS listener answers a plain AMQP header with a TLS alert and a reset, which
+            // lapin reports only as an unparsable frame or a reset connection.
+            let not_amqp = match e.kind() {
+                lapin::ErrorKind::ParsingError(_) => true,
+                lapin::ErrorKind::IOError(io) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ),
+                _ => false,
+            };
+            if not_amqp && !url.starts_with("amqps:") {
+                why.push_str(
+                    " (the server did not speak AMQP: is this a TLS port that needs an amqps:// URL?)",
+                );
+            }
+            Err(anyhow::anyhow!(
+                "cannot connect to RabbitMQ at {target}: {why}"
+            ))
+        }
         Err(_) => Err(anyhow::anyhow!(
             "cannot connect to RabbitMQ at {target}: no AMQP handshake within 20s \
              (a TLS-only listener reached with amqp://, or the wrong port?)"
