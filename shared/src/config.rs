@@ -129,7 +129,7 @@ pub mod vars {
         name: "BUYONCE_AMQP_URL",
         default: Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
         expected: "an amqp:// or amqps:// URL",
-        doc: "RabbitMQ connection URL (password never logged).",
+        doc: "RabbitMQ connection URL.",
         read_by: ALL_BINS,
         secret: true,
     };
@@ -161,7 +161,7 @@ pub mod vars {
         name: "BUYONCE_DATABASE_URL",
         default: Some("postgres://postgres@127.0.0.1:5432/buyonce"),
         expected: "a postgres:// URL (sslmode=disable|prefer|require|verify-ca|verify-full)",
-        doc: "Postgres URL; the database is created if missing (password never logged).",
+        doc: "Postgres URL; the database is created if missing.",
         read_by: ALL_BINS,
         secret: true,
     };
@@ -306,7 +306,7 @@ pub mod vars {
         name: "BUYONCE_TAG_KEY",
         default: Some("buyonce-idempotency-token"),
         expected: "1-128 characters",
-        doc: "Tag key carrying the token on EC2 RIs (and Savings Plans).",
+        doc: "Tag key carrying the token: the EC2 guard, and set on Savings Plans, RDS, ElastiCache and MemoryDB purchases.",
         read_by: WORKER_REAPER,
         secret: false,
     };
@@ -338,7 +338,7 @@ pub mod vars {
         name: "BUYONCE_AZURE_CREDENTIAL",
         default: Some("client-secret"),
         expected: "client-secret, managed-identity, workload-identity, developer-tools or emulator",
-        doc: "Which Azure credential the worker uses (azure_identity has no default chain).",
+        doc: "Which Azure credential the worker uses (azure_identity has no default chain). Azure is enabled when this or AZURE_CLIENT_ID is set.",
         read_by: WORKER,
         secret: false,
     };

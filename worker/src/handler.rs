@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use buyonce_shared::store::control::Reservation;
 use buyonce_shared::store::items::{Claim, Recorded};
 use buyonce_shared::store::{Cas, ItemStatus, Store};
@@ -405,8 +406,7 @@ impl Handler {
         }
     }
 
-    /// Records the commitment and the item's success; retries the write briefly, because the
-    /// commitment exists now whatever Postgres says.
+    /// Records the commitment and the item's success.
     async fn record(&self, msg: &PurchaseMessage, purchased: &Purchased) -> Outcome {
         let recorded = Recorded {
             commitment_id: purchased.commitment_id.clone(),
@@ -414,41 +414,44 @@ impl Handler {
             how: purchased.how.as_str(),
             tag_pending: purchased.tag_pending,
         };
-        let mut wait = Duration::from_millis(100);
-        for attempt in 1..=5 {
-            match self.store.record_success(&msg.token, &recorded).await {
-                Ok(Cas::Applied(execution_id)) => {
-                    info!(
-                        commitment.id = %purchased.commitment_id,
-                        how = purchased.how.as_str(),
-                        cost_usd = ?purchased.cost_usd,
-                        tag_pending = purchased.tag_pending,
-                        "commitment recorded"
-                    );
-                    self.finish_execution(&execution_id).await;
-                    return Outcome::Done {
-                        note: purchased.how.as_str(),
-                    };
-                }
-                Ok(Cas::Conflict { .. }) => {
-                    return Outcome::Done {
-                        note: "already-succeeded",
-                    }
-                }
-                Ok(Cas::NotFound) => {
-                    warn!(
-                        "bought, but the item row is gone; the commitment is in the provider only"
-                    );
-                    return Outcome::Done {
-                        note: "item-missing",
-                    };
-                }
-                Err(e) => {
-                    warn!(attempt, error = %e, "bought, but recording failed; retrying the write");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+        // The commitment exists now whatever Postgres says: retry the write with backoff.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(4)
+            .with_jitter();
+        let written = (|| self.store.record_success(&msg.token, &recorded))
+            .retry(backoff)
+            .notify(|e, after| {
+                warn!(error = %e, retry_in = ?after, "bought, but recording failed; retrying the write")
+            })
+            .await;
+        match written {
+            Ok(Cas::Applied(execution_id)) => {
+                info!(
+                    commitment.id = %purchased.commitment_id,
+                    how = purchased.how.as_str(),
+                    cost_usd = ?purchased.cost_usd,
+                    tag_pending = purchased.tag_pending,
+                    "commitment recorded"
+                );
+                self.finish_execution(&execution_id).await;
+                return Outcome::Done {
+                    note: purchased.how.as_str(),
+                };
+            }
+            Ok(Cas::Conflict { .. }) => {
+                return Outcome::Done {
+                    note: "already-succeeded",
                 }
             }
+            Ok(Cas::NotFound) => {
+                warn!("bought, but the item row is gone; the commitment is in the provider only");
+                return Outcome::Done {
+                    note: "item-missing",
+                };
+            }
+            Err(e) => warn!(error = %e, "bought, but recording failed for good; a redelivery will find it"),
         }
         // Still running with our claim; once the heartbeat is stale a redelivery takes over and
         // the guard finds the commitment.
