@@ -227,13 +227,15 @@ impl TokenSource for EmulatorSource {
             PurchaseError::transient(format!("azure token endpoint: bad response: {e}"))
         })?;
         if !status.is_success() {
-            let kind = if status.is_server_error() {
-                return Err(PurchaseError::transient(format!(
-                    "azure token endpoint: HTTP {status}"
-                )));
-            } else {
-                PermanentKind::Auth
-            };
+            // Throttled or down: try again later. Anything else is a refusal of the credentials.
+            let kind =
+                if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    return Err(PurchaseError::transient(format!(
+                        "azure token endpoint: HTTP {status}"
+                    )));
+                } else {
+                    PermanentKind::Auth
+                };
             return Err(PurchaseError::permanent(
                 kind,
                 format!(
@@ -410,11 +412,45 @@ impl AzureClient {
         Ok((status, headers, json))
     }
 
+    /// A read (or a quote) with bounded retries on throttling, 5xx and network errors,
+    /// honouring `Retry-After`. Never used for the purchase PUT: only reads are retried here.
+    async fn read_retrying(
+        &self,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<&Value>,
+        op: &str,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Value), PurchaseError> {
+        const ATTEMPTS: u32 = 4;
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=ATTEMPTS {
+            let last = attempt == ATTEMPTS;
+            match self.send(method.clone(), url.clone(), body, op).await {
+                Ok((status, headers, _))
+                    if !last
+                        && (status.is_server_error()
+                            || status == reqwest::StatusCode::TOO_MANY_REQUESTS) =>
+                {
+                    let pause = retry_after(&headers)
+                        .unwrap_or(wait)
+                        .min(self.max_poll_interval);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(PurchaseError::Transient(_)) if !last => tokio::time::sleep(wait).await,
+                other => return other,
+            }
+            wait *= 2;
+        }
+        Err(PurchaseError::transient(format!("{op}: retries exhausted")))
+    }
+
     /// `POST /providers/Microsoft.Capacity/calculatePrice`: a quote and the order ID to buy with.
     pub async fn calculate_price(&self, request: &Value) -> Result<Quote, PurchaseError> {
         let op = "azure:calculatePrice";
+        // A quote buys nothing; retrying it only mints another order ID, and only the one used
+        // is stored.
         let (status, _, body) = self
-            .send(
+            .read_retrying(
                 reqwest::Method::POST,
                 self.url("providers/Microsoft.Capacity/calculatePrice")?,
                 Some(request),
@@ -450,7 +486,9 @@ impl AzureClient {
         ))?;
         // planInformation (the price) is only returned with the payment schedule expanded.
         url.query_pairs_mut().append_pair("$expand", "schedule");
-        let (status, _, body) = self.send(reqwest::Method::GET, url, None, op).await?;
+        let (status, _, body) = self
+            .read_retrying(reqwest::Method::GET, url, None, op)
+            .await?;
         if status == reqwest::StatusCode::NOT_FOUND
             || error_code(&body) == Some("ReservationOrderNotFound")
         {
@@ -496,8 +534,9 @@ impl AzureClient {
         let mut url = self.url("providers/Microsoft.Capacity/reservationOrders")?;
         let mut orders = Vec::new();
         for _page in 0..10_000 {
+            // Each page is retried on its own: one flaky page must not fail the whole guard.
             let (status, _, body) = self
-                .send(reqwest::Method::GET, url.clone(), None, op)
+                .read_retrying(reqwest::Method::GET, url.clone(), None, op)
                 .await?;
             if !status.is_success() {
                 return Err(lookup(error_of(op, status, &body)));

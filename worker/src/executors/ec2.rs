@@ -23,22 +23,27 @@ use serde_json::{json, Value};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, required, Executor, How, PurchaseContext, PurchaseError, PurchaseRequest,
-    Purchased,
+    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
 pub struct Ec2 {
     aws: AwsClients,
+    offerings: OfferingCache<Offering>,
 }
 
 impl Ec2 {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
 /// The offering attributes an RI carries (the RI itself does not name its offering).
+#[derive(Clone)]
 struct Offering {
     id: String,
     fixed_price: f64,
@@ -271,7 +276,10 @@ impl Executor for Ec2 {
             });
         }
 
-        let offering = resolve_offering(&client, rec).await?;
+        let offering = self
+            .offerings
+            .get_or_try(offering_key(rec), || resolve_offering(&client, rec))
+            .await?;
         let upfront = offering.fixed_price * f64::from(count);
         let what = format!("EC2 RI offering {} x{count}", offering.id);
 
@@ -331,7 +339,13 @@ impl Executor for Ec2 {
                 candidates.sort_by_key(|ri| ri.start().map(|s| (s.secs(), s.subsec_nanos())));
                 if let Some(ri) = candidates.first() {
                     let id = ri.reserved_instances_id().unwrap_or_default().to_owned();
-                    let tag_pending = tag(&client, &id, tag_key, req.token).await.is_err();
+                    let tag_pending = match tag(&client, &id, tag_key, req.token).await {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::warn!(commitment.id = %id, error = %e, "recovered the RI but could not tag it; recorded as tag_pending for the reaper");
+                            true
+                        }
+                    };
                     return Ok(Purchased {
                         cost_usd: ri_cost(ri),
                         commitment_id: id,
