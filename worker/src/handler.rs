@@ -451,7 +451,9 @@ impl Handler {
                     note: "item-missing",
                 };
             }
-            Err(e) => warn!(error = %e, "bought, but recording failed for good; a redelivery will find it"),
+            Err(e) => {
+                warn!(error = %e, "bought, but recording failed for good; a redelivery will find it")
+            }
         }
         // Still running with our claim; once the heartbeat is stale a redelivery takes over and
         // the guard finds the commitment.
@@ -604,9 +606,12 @@ impl PurchaseContext for WorkerContext<'_> {
         Ok(())
     }
 
-    async fn attributed_elsewhere(&self, commitment_id: &str) -> Result<bool, PurchaseError> {
+    async fn attributed_elsewhere(
+        &self,
+        commitment_ids: &[String],
+    ) -> Result<Vec<String>, PurchaseError> {
         self.store
-            .attributed_elsewhere(commitment_id, self.token.as_str())
+            .attributed_among(commitment_ids, self.token.as_str())
             .await
             .map_err(|e| PurchaseError::transient(format!("ledger lookup failed, not buying: {e}")))
     }

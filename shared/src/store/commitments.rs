@@ -70,4 +70,24 @@ impl Store {
             .await?;
         Ok(row.try_get(0)?)
     }
+
+    /// Which of `commitment_ids` are in the ledger under another token (batch form of
+    /// [`Store::attributed_elsewhere`]).
+    pub async fn attributed_among(
+        &self,
+        commitment_ids: &[String],
+        token: &str,
+    ) -> StoreResult<Vec<String>> {
+        if commitment_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.conn("attributed_among").await?;
+        let rows = client
+            .query(
+                "SELECT commitment_id FROM commitments WHERE commitment_id = ANY($1) AND token <> $2",
+                &[&commitment_ids, &token],
+            )
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
 }

@@ -290,6 +290,22 @@ impl Store {
         execution_id: &str,
     ) -> StoreResult<Option<ExecutionStatus>> {
         let client = self.conn("finish_execution_if_done").await?;
+        // The cheap question first (the partial index on live items answers it); the
+        // aggregate below reads every item of the execution, so it must run once at the end,
+        // not after every item (that made big executions quadratic).
+        let live = client
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM purchase_items
+                                 WHERE execution_id = $1 AND status IN ('queued', 'running'))",
+            )
+            .await?;
+        if client
+            .query_one(&live, &[&execution_id])
+            .await?
+            .try_get::<_, bool>(0)?
+        {
+            return Ok(None);
+        }
         let stmt = client
             .prepare_cached(
                 "UPDATE executions e

@@ -316,24 +316,32 @@ impl Executor for Ec2 {
         match snapshot_of(req.intent, &offering.id) {
             Some(snapshot) => {
                 // An earlier attempt may have bought without learning the RI ID.
-                let mut candidates = Vec::new();
-                for ri in list_matching(&client, &offering).await? {
-                    let id = ri.reserved_instances_id().unwrap_or_default().to_owned();
-                    let tagged_for_other = ri
-                        .tags()
-                        .iter()
-                        .any(|t| t.key() == Some(tag_key) && t.value() != Some(req.token.as_str()));
-                    if snapshot.contains(&id)
-                        || ri.instance_count() != Some(count)
-                        || tagged_for_other
-                    {
-                        continue;
-                    }
-                    if ctx.attributed_elsewhere(&id).await? {
-                        continue;
-                    }
-                    candidates.push(ri);
-                }
+                let fresh: Vec<ReservedInstances> = list_matching(&client, &offering)
+                    .await?
+                    .into_iter()
+                    .filter(|ri| {
+                        let id = ri.reserved_instances_id().unwrap_or_default();
+                        let tagged_for_other = ri.tags().iter().any(|t| {
+                            t.key() == Some(tag_key) && t.value() != Some(req.token.as_str())
+                        });
+                        !snapshot.iter().any(|s| s == id)
+                            && ri.instance_count() == Some(count)
+                            && !tagged_for_other
+                    })
+                    .collect();
+                let ids: Vec<String> = fresh
+                    .iter()
+                    .filter_map(|ri| ri.reserved_instances_id().map(str::to_owned))
+                    .collect();
+                let taken = ctx.attributed_elsewhere(&ids).await?;
+                let mut candidates: Vec<ReservedInstances> = fresh
+                    .into_iter()
+                    .filter(|ri| {
+                        !taken
+                            .iter()
+                            .any(|t| Some(t.as_str()) == ri.reserved_instances_id())
+                    })
+                    .collect();
                 // Purchases of the offering are serialised, so the earliest new RI is the first
                 // purchase made after this item's snapshot.
                 candidates.sort_by_key(|ri| ri.start().map(|s| (s.secs(), s.subsec_nanos())));
@@ -355,9 +363,13 @@ impl Executor for Ec2 {
                 }
             }
             None => {
+                // Only untagged RIs can ever be mistaken for this purchase (a tagged one is the
+                // guard's, or another item's), so only they go in the snapshot: it stays small
+                // however many RIs the account holds.
                 let existing: Vec<String> = list_matching(&client, &offering)
                     .await?
                     .iter()
+                    .filter(|ri| !ri.tags().iter().any(|t| t.key() == Some(tag_key)))
                     .filter_map(|ri| ri.reserved_instances_id().map(str::to_owned))
                     .collect();
                 ctx.save_intent(&json!({

@@ -8,8 +8,8 @@ use aws_sdk_elasticache::types::{ReservedCacheNode, Tag};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, required, Executor, How, PurchaseContext, PurchaseError, PurchaseRequest,
-    Purchased,
+    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
@@ -17,11 +17,15 @@ const MAX_ID: usize = 60;
 
 pub struct ElastiCache {
     aws: AwsClients,
+    offerings: OfferingCache<(String, f64)>,
 }
 
 impl ElastiCache {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
@@ -69,42 +73,49 @@ impl Executor for ElastiCache {
             return Ok(found(&existing, How::Guard));
         }
 
-        let mut lookup = client.describe_reserved_cache_nodes_offerings();
-        match &rec.offering_id {
-            Some(oid) => lookup = lookup.reserved_cache_nodes_offering_id(oid),
-            None => {
-                lookup = lookup
-                    .cache_node_type(required(&rec.resource_type, "resource_type")?)
-                    .duration(rec.term.seconds().to_string())
-                    .product_description(rec.engine.clone().unwrap_or_else(|| "redis".into()))
-                    .offering_type(rec.payment.aws_offering_type())
-            }
-        }
-        let mut offerings = Vec::new();
-        let mut marker = None;
-        loop {
-            let out = lookup
-                .clone()
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| {
-                    lookup_failed("elasticache:DescribeReservedCacheNodesOfferings", &e)
-                })?;
-            offerings.extend(out.reserved_cache_nodes_offerings().iter().map(|o| {
-                (
-                    o.reserved_cache_nodes_offering_id()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    o.fixed_price().unwrap_or(0.0),
-                )
-            }));
-            marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-            if marker.is_none() {
-                break;
-            }
-        }
-        let (offering_id, price) = exactly_one(offerings, &rec.describe())?;
+        let (offering_id, price) = self
+            .offerings
+            .get_or_try(offering_key(rec), || async {
+                let mut lookup = client.describe_reserved_cache_nodes_offerings();
+                match &rec.offering_id {
+                    Some(oid) => lookup = lookup.reserved_cache_nodes_offering_id(oid),
+                    None => {
+                        lookup = lookup
+                            .cache_node_type(required(&rec.resource_type, "resource_type")?)
+                            .duration(rec.term.seconds().to_string())
+                            .product_description(
+                                rec.engine.clone().unwrap_or_else(|| "redis".into()),
+                            )
+                            .offering_type(rec.payment.aws_offering_type())
+                    }
+                }
+                let mut offerings = Vec::new();
+                let mut marker = None;
+                loop {
+                    let out = lookup
+                        .clone()
+                        .set_marker(marker)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            lookup_failed("elasticache:DescribeReservedCacheNodesOfferings", &e)
+                        })?;
+                    offerings.extend(out.reserved_cache_nodes_offerings().iter().map(|o| {
+                        (
+                            o.reserved_cache_nodes_offering_id()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            o.fixed_price().unwrap_or(0.0),
+                        )
+                    }));
+                    marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
+                    if marker.is_none() {
+                        break;
+                    }
+                }
+                exactly_one(offerings, &rec.describe())
+            })
+            .await?;
 
         let upfront = price * f64::from(count);
         ctx.authorize_spend(

@@ -8,8 +8,8 @@ use aws_sdk_memorydb::types::{ReservedNode, Tag};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, required, Executor, How, PurchaseContext, PurchaseError, PurchaseRequest,
-    Purchased,
+    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
@@ -17,11 +17,15 @@ const MAX_ID: usize = 60;
 
 pub struct MemoryDb {
     aws: AwsClients,
+    offerings: OfferingCache<(String, f64)>,
 }
 
 impl MemoryDb {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
@@ -67,42 +71,49 @@ impl Executor for MemoryDb {
             return Ok(found(&existing, How::Guard));
         }
 
-        let mut lookup = client.describe_reserved_nodes_offerings();
-        match &rec.offering_id {
-            Some(oid) => lookup = lookup.reserved_nodes_offering_id(oid),
-            None => {
-                lookup = lookup
-                    .node_type(required(&rec.resource_type, "resource_type")?)
-                    .duration(rec.term.seconds().to_string())
-                    .offering_type(rec.payment.aws_offering_type())
-            }
-        }
-        let mut offerings = Vec::new();
-        let mut next = None;
-        loop {
-            let out = lookup
-                .clone()
-                .set_next_token(next)
-                .send()
-                .await
-                .map_err(|e| lookup_failed("memorydb:DescribeReservedNodesOfferings", &e))?;
-            offerings.extend(out.reserved_nodes_offerings().iter().map(|o| {
-                (
-                    o.reserved_nodes_offering_id()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    o.fixed_price(),
-                )
-            }));
-            next = out
-                .next_token()
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned);
-            if next.is_none() {
-                break;
-            }
-        }
-        let (offering_id, price) = exactly_one(offerings, &rec.describe())?;
+        let (offering_id, price) = self
+            .offerings
+            .get_or_try(offering_key(rec), || async {
+                let mut lookup = client.describe_reserved_nodes_offerings();
+                match &rec.offering_id {
+                    Some(oid) => lookup = lookup.reserved_nodes_offering_id(oid),
+                    None => {
+                        lookup = lookup
+                            .node_type(required(&rec.resource_type, "resource_type")?)
+                            .duration(rec.term.seconds().to_string())
+                            .offering_type(rec.payment.aws_offering_type())
+                    }
+                }
+                let mut offerings = Vec::new();
+                let mut next = None;
+                loop {
+                    let out = lookup
+                        .clone()
+                        .set_next_token(next)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            lookup_failed("memorydb:DescribeReservedNodesOfferings", &e)
+                        })?;
+                    offerings.extend(out.reserved_nodes_offerings().iter().map(|o| {
+                        (
+                            o.reserved_nodes_offering_id()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            o.fixed_price(),
+                        )
+                    }));
+                    next = out
+                        .next_token()
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_owned);
+                    if next.is_none() {
+                        break;
+                    }
+                }
+                exactly_one(offerings, &rec.describe())
+            })
+            .await?;
 
         let upfront = price * f64::from(count);
         ctx.authorize_spend(

@@ -143,8 +143,11 @@ pub trait PurchaseContext: Send + Sync {
     /// purchase is recorded in Postgres (or has failed), so no other item can attribute the
     /// new commitment to itself in between.
     async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError>;
-    /// Whether `commitment_id` is already recorded in the ledger for another token.
-    async fn attributed_elsewhere(&self, commitment_id: &str) -> Result<bool, PurchaseError>;
+    /// Which of `commitment_ids` are already recorded in the ledger for another token.
+    async fn attributed_elsewhere(
+        &self,
+        commitment_ids: &[String],
+    ) -> Result<Vec<String>, PurchaseError>;
     /// The tag key carrying the token.
     fn tag_key(&self) -> &str;
     /// Dry run: executors may use the provider's native dry run (EC2 `DryRun`).
@@ -214,6 +217,73 @@ pub fn registry(
         }
     }
     map
+}
+
+/// How long a resolved offering is reused. Offerings are catalog data (they change with price
+/// lists, not per purchase); reusing them saves a lookup call on every purchase, and a stale one
+/// can only make the purchase call fail, never buy twice (guards do not use this cache).
+pub const OFFERING_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A short-lived cache of resolved offerings, keyed by [`offering_key`].
+pub struct OfferingCache<V: Clone> {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, V)>>,
+}
+
+impl<V: Clone> Default for OfferingCache<V> {
+    fn default() -> Self {
+        Self {
+            ttl: OFFERING_TTL,
+            entries: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V: Clone> OfferingCache<V> {
+    /// The cached value for `key`, or the result of `lookup` (cached when it succeeds).
+    pub async fn get_or_try<F, Fut>(&self, key: String, lookup: F) -> Result<V, PurchaseError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, PurchaseError>>,
+    {
+        if let Ok(entries) = self.entries.lock() {
+            if let Some((at, v)) = entries.get(&key) {
+                if at.elapsed() < self.ttl {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let v = lookup().await?;
+        if let Ok(mut entries) = self.entries.lock() {
+            // Bounded: a fleet buys a handful of distinct offerings; drop everything if not.
+            if entries.len() > 10_000 {
+                entries.clear();
+            }
+            entries.insert(key, (std::time::Instant::now(), v.clone()));
+        }
+        Ok(v)
+    }
+}
+
+/// What identifies an offering in a recommendation: everything but the quantity and the caps.
+pub fn offering_key(rec: &Recommendation) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        rec.service,
+        rec.account,
+        rec.region.as_deref().unwrap_or(""),
+        rec.resource_type,
+        rec.offering_id,
+        rec.term.as_str(),
+        rec.payment.as_str(),
+        rec.platform,
+        rec.offering_class,
+        rec.engine,
+        rec.multi_az,
+        rec.plan_type,
+        // Savings Plans offerings do not depend on the commitment, but keep one key per plan type.
+        rec.service == Service::SavingsPlans,
+    )
 }
 
 /// `x` if present, else a permanent validation error naming the missing field.

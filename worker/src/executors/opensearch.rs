@@ -11,18 +11,22 @@ use buyonce_shared::{IdempotencyToken, Payment};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, required, Executor, How, PermanentKind, PurchaseContext, PurchaseError,
-    PurchaseRequest, Purchased,
+    exactly_one, offering_key, required, Executor, How, OfferingCache, PermanentKind,
+    PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
 pub struct OpenSearch {
     aws: AwsClients,
+    offerings: OfferingCache<(String, f64)>,
 }
 
 impl OpenSearch {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
@@ -109,46 +113,51 @@ impl Executor for OpenSearch {
 
         let instance_type = required(&rec.resource_type, "resource_type")?;
         let wanted_payment = payment_option(rec.payment);
-        let mut offerings = Vec::new();
-        let mut next = None;
-        loop {
-            let mut lookup = client
-                .describe_reserved_instance_offerings()
-                .max_results(100);
-            if let Some(oid) = &rec.offering_id {
-                lookup = lookup.reserved_instance_offering_id(oid);
-            }
-            let out =
-                lookup.set_next_token(next).send().await.map_err(|e| {
-                    lookup_failed("opensearch:DescribeReservedInstanceOfferings", &e)
-                })?;
-            offerings.extend(
-                out.reserved_instance_offerings()
-                    .iter()
-                    .filter(|o| {
-                        rec.offering_id.is_some()
-                            || (o.instance_type().map(|t| t.as_str()) == Some(instance_type)
-                                && i64::from(o.duration()) == rec.term.seconds()
-                                && o.payment_option() == Some(&wanted_payment))
-                    })
-                    .map(|o| {
-                        (
-                            o.reserved_instance_offering_id()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            o.fixed_price().unwrap_or(0.0),
-                        )
-                    }),
-            );
-            next = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned);
-            if next.is_none() {
-                break;
-            }
-        }
-        let (offering_id, price) = exactly_one(offerings, &rec.describe())?;
+        let (offering_id, price) = self
+            .offerings
+            .get_or_try(offering_key(rec), || async {
+                let mut offerings = Vec::new();
+                let mut next = None;
+                loop {
+                    let mut lookup = client
+                        .describe_reserved_instance_offerings()
+                        .max_results(100);
+                    if let Some(oid) = &rec.offering_id {
+                        lookup = lookup.reserved_instance_offering_id(oid);
+                    }
+                    let out = lookup.set_next_token(next).send().await.map_err(|e| {
+                        lookup_failed("opensearch:DescribeReservedInstanceOfferings", &e)
+                    })?;
+                    offerings.extend(
+                        out.reserved_instance_offerings()
+                            .iter()
+                            .filter(|o| {
+                                rec.offering_id.is_some()
+                                    || (o.instance_type().map(|t| t.as_str())
+                                        == Some(instance_type)
+                                        && i64::from(o.duration()) == rec.term.seconds()
+                                        && o.payment_option() == Some(&wanted_payment))
+                            })
+                            .map(|o| {
+                                (
+                                    o.reserved_instance_offering_id()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                    o.fixed_price().unwrap_or(0.0),
+                                )
+                            }),
+                    );
+                    next = out
+                        .next_token()
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned);
+                    if next.is_none() {
+                        break;
+                    }
+                }
+                exactly_one(offerings, &rec.describe())
+            })
+            .await?;
 
         let upfront = price * f64::from(count);
         ctx.authorize_spend(

@@ -9,8 +9,8 @@ use aws_sdk_rds::types::{ReservedDbInstance, Tag};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, required, Executor, How, PurchaseContext, PurchaseError, PurchaseRequest,
-    Purchased,
+    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
@@ -19,11 +19,15 @@ const MAX_ID: usize = 60;
 
 pub struct Rds {
     aws: AwsClients,
+    offerings: OfferingCache<(String, f64)>,
 }
 
 impl Rds {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
@@ -71,43 +75,48 @@ impl Executor for Rds {
             return Ok(found(&existing, How::Guard));
         }
 
-        let (offering_id, price) = {
-            let mut lookup = client.describe_reserved_db_instances_offerings();
-            match &rec.offering_id {
-                Some(oid) => lookup = lookup.reserved_db_instances_offering_id(oid),
-                None => {
-                    lookup = lookup
-                        .db_instance_class(required(&rec.resource_type, "resource_type")?)
-                        .duration(rec.term.seconds().to_string())
-                        .product_description(required(&rec.engine, "engine")?)
-                        .offering_type(rec.payment.aws_offering_type())
-                        .multi_az(rec.multi_az.unwrap_or(false))
+        let (offering_id, price) = self
+            .offerings
+            .get_or_try(offering_key(rec), || async {
+                let mut lookup = client.describe_reserved_db_instances_offerings();
+                match &rec.offering_id {
+                    Some(oid) => lookup = lookup.reserved_db_instances_offering_id(oid),
+                    None => {
+                        lookup = lookup
+                            .db_instance_class(required(&rec.resource_type, "resource_type")?)
+                            .duration(rec.term.seconds().to_string())
+                            .product_description(required(&rec.engine, "engine")?)
+                            .offering_type(rec.payment.aws_offering_type())
+                            .multi_az(rec.multi_az.unwrap_or(false))
+                    }
                 }
-            }
-            let mut offerings = Vec::new();
-            let mut marker = None;
-            loop {
-                let out = lookup
-                    .clone()
-                    .set_marker(marker)
-                    .send()
-                    .await
-                    .map_err(|e| lookup_failed("rds:DescribeReservedDBInstancesOfferings", &e))?;
-                offerings.extend(out.reserved_db_instances_offerings().iter().map(|o| {
-                    (
-                        o.reserved_db_instances_offering_id()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        o.fixed_price().unwrap_or(0.0),
-                    )
-                }));
-                marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-                if marker.is_none() {
-                    break;
+                let mut offerings = Vec::new();
+                let mut marker = None;
+                loop {
+                    let out = lookup
+                        .clone()
+                        .set_marker(marker)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            lookup_failed("rds:DescribeReservedDBInstancesOfferings", &e)
+                        })?;
+                    offerings.extend(out.reserved_db_instances_offerings().iter().map(|o| {
+                        (
+                            o.reserved_db_instances_offering_id()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            o.fixed_price().unwrap_or(0.0),
+                        )
+                    }));
+                    marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
+                    if marker.is_none() {
+                        break;
+                    }
                 }
-            }
-            exactly_one(offerings, &rec.describe())?
-        };
+                exactly_one(offerings, &rec.describe())
+            })
+            .await?;
 
         let upfront = price * f64::from(count);
         ctx.authorize_spend(upfront, &format!("RDS offering {offering_id} x{count}"))

@@ -14,18 +14,22 @@ use serde_json::{json, Value};
 
 use super::aws_errors::{classify, lookup_failed};
 use super::{
-    exactly_one, required, Executor, How, PurchaseContext, PurchaseError, PurchaseRequest,
-    Purchased,
+    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
 pub struct Redshift {
     aws: AwsClients,
+    offerings: OfferingCache<(String, f64)>,
 }
 
 impl Redshift {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
@@ -92,40 +96,45 @@ impl Executor for Redshift {
         let count = rec.units() as i32;
         let node_type = required(&rec.resource_type, "resource_type")?;
 
-        let mut offerings = Vec::new();
-        let mut marker = None;
-        loop {
-            let mut lookup = client.describe_reserved_node_offerings().max_records(100);
-            if let Some(oid) = &rec.offering_id {
-                lookup = lookup.reserved_node_offering_id(oid);
-            }
-            let out = lookup
-                .set_marker(marker)
-                .send()
-                .await
-                .map_err(|e| lookup_failed("redshift:DescribeReservedNodeOfferings", &e))?;
-            offerings.extend(
-                out.reserved_node_offerings()
-                    .iter()
-                    .filter(|o| {
-                        rec.offering_id.is_some()
-                            || (o.node_type() == Some(node_type)
-                                && o.duration().map(i64::from) == Some(rec.term.seconds())
-                                && o.offering_type() == Some(rec.payment.aws_offering_type()))
-                    })
-                    .map(|o| {
-                        (
-                            o.reserved_node_offering_id().unwrap_or_default().to_owned(),
-                            o.fixed_price().unwrap_or(0.0),
-                        )
-                    }),
-            );
-            marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-            if marker.is_none() {
-                break;
-            }
-        }
-        let (offering_id, price) = exactly_one(offerings, &rec.describe())?;
+        let (offering_id, price) = self
+            .offerings
+            .get_or_try(offering_key(rec), || async {
+                let mut offerings = Vec::new();
+                let mut marker = None;
+                loop {
+                    let mut lookup = client.describe_reserved_node_offerings().max_records(100);
+                    if let Some(oid) = &rec.offering_id {
+                        lookup = lookup.reserved_node_offering_id(oid);
+                    }
+                    let out =
+                        lookup.set_marker(marker).send().await.map_err(|e| {
+                            lookup_failed("redshift:DescribeReservedNodeOfferings", &e)
+                        })?;
+                    offerings.extend(
+                        out.reserved_node_offerings()
+                            .iter()
+                            .filter(|o| {
+                                rec.offering_id.is_some()
+                                    || (o.node_type() == Some(node_type)
+                                        && o.duration().map(i64::from) == Some(rec.term.seconds())
+                                        && o.offering_type()
+                                            == Some(rec.payment.aws_offering_type()))
+                            })
+                            .map(|o| {
+                                (
+                                    o.reserved_node_offering_id().unwrap_or_default().to_owned(),
+                                    o.fixed_price().unwrap_or(0.0),
+                                )
+                            }),
+                    );
+                    marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
+                    if marker.is_none() {
+                        break;
+                    }
+                }
+                exactly_one(offerings, &rec.describe())
+            })
+            .await?;
         let upfront = price * f64::from(count);
         ctx.authorize_spend(
             upfront,
@@ -139,17 +148,27 @@ impl Executor for Redshift {
 
         match snapshot_of(req.intent, &offering_id) {
             Some(snapshot) => {
-                let mut candidates = Vec::new();
-                for node in nodes_of(&client, &offering_id).await? {
-                    let id = node.reserved_node_id().unwrap_or_default().to_owned();
-                    if snapshot.contains(&id) || node.node_count() != Some(count) {
-                        continue;
-                    }
-                    if ctx.attributed_elsewhere(&id).await? {
-                        continue;
-                    }
-                    candidates.push(node);
-                }
+                let nodes: Vec<ReservedNode> = nodes_of(&client, &offering_id)
+                    .await?
+                    .into_iter()
+                    .filter(|n| {
+                        let id = n.reserved_node_id().unwrap_or_default();
+                        !snapshot.iter().any(|s| s == id) && n.node_count() == Some(count)
+                    })
+                    .collect();
+                let ids: Vec<String> = nodes
+                    .iter()
+                    .filter_map(|n| n.reserved_node_id().map(str::to_owned))
+                    .collect();
+                let taken = ctx.attributed_elsewhere(&ids).await?;
+                let mut candidates: Vec<ReservedNode> = nodes
+                    .into_iter()
+                    .filter(|n| {
+                        !taken
+                            .iter()
+                            .any(|t| Some(t.as_str()) == n.reserved_node_id())
+                    })
+                    .collect();
                 candidates.sort_by_key(|n| n.start_time().map(|s| (s.secs(), s.subsec_nanos())));
                 if let Some(node) = candidates.first() {
                     return Ok(Purchased {
@@ -161,11 +180,16 @@ impl Executor for Redshift {
                 }
             }
             None => {
-                let existing: Vec<String> = nodes_of(&client, &offering_id)
+                // Nodes already in the ledger can never be candidates (another item owns them),
+                // so only unattributed ones go in the snapshot: it stays small.
+                let all: Vec<String> = nodes_of(&client, &offering_id)
                     .await?
                     .iter()
                     .filter_map(|n| n.reserved_node_id().map(str::to_owned))
                     .collect();
+                let taken = ctx.attributed_elsewhere(&all).await?;
+                let existing: Vec<String> =
+                    all.into_iter().filter(|id| !taken.contains(id)).collect();
                 ctx.save_intent(&json!({
                     "redshift": {
                         "offering_id": offering_id,

@@ -14,18 +14,22 @@ use buyonce_shared::Payment;
 
 use super::aws_errors::{classify, lookup_failed};
 use super::{
-    exactly_one, Executor, How, PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest,
-    Purchased,
+    exactly_one, offering_key, Executor, How, OfferingCache, PermanentKind, PurchaseContext,
+    PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
 
 pub struct SavingsPlans {
     aws: AwsClients,
+    offerings: OfferingCache<String>,
 }
 
 impl SavingsPlans {
     pub fn new(aws: AwsClients) -> Self {
-        Self { aws }
+        Self {
+            aws,
+            offerings: OfferingCache::default(),
+        }
     }
 }
 
@@ -61,10 +65,6 @@ pub fn commitment_string(usd_per_hour: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-fn parse_usd(s: Option<&str>) -> Option<f64> {
-    s.and_then(|v| v.trim().parse().ok())
-}
-
 #[async_trait]
 impl Executor for SavingsPlans {
     async fn purchase(
@@ -81,45 +81,49 @@ impl Executor for SavingsPlans {
             )
         })?;
 
-        let offering_id = match &rec.offering_id {
-            Some(id) => id.clone(),
-            None => {
-                let mut lookup = client
-                    .describe_savings_plans_offerings()
-                    .plan_types(plan_type(rec.plan_type))
-                    .durations(rec.term.seconds())
-                    .payment_options(payment_option(rec.payment))
-                    .currencies(CurrencyCode::Usd);
-                if rec.plan_type == Some(PlanType::Ec2Instance) {
-                    if let Some(region) = &rec.region {
-                        lookup = lookup.filters(
-                            SavingsPlanOfferingFilterElement::builder()
-                                .name(SavingsPlanOfferingFilterAttribute::Region)
-                                .values(region)
-                                .build(),
-                        );
+        let offering_id = self
+            .offerings
+            .get_or_try(offering_key(rec), || async {
+                Ok(match &rec.offering_id {
+                    Some(id) => id.clone(),
+                    None => {
+                        let mut lookup = client
+                            .describe_savings_plans_offerings()
+                            .plan_types(plan_type(rec.plan_type))
+                            .durations(rec.term.seconds())
+                            .payment_options(payment_option(rec.payment))
+                            .currencies(CurrencyCode::Usd);
+                        if rec.plan_type == Some(PlanType::Ec2Instance) {
+                            if let Some(region) = &rec.region {
+                                lookup = lookup.filters(
+                                    SavingsPlanOfferingFilterElement::builder()
+                                        .name(SavingsPlanOfferingFilterAttribute::Region)
+                                        .values(region)
+                                        .build(),
+                                );
+                            }
+                            if let Some(family) = &rec.resource_type {
+                                lookup = lookup.filters(
+                                    SavingsPlanOfferingFilterElement::builder()
+                                        .name(SavingsPlanOfferingFilterAttribute::InstanceFamily)
+                                        .values(family)
+                                        .build(),
+                                );
+                            }
+                        }
+                        let out = lookup.send().await.map_err(|e| {
+                            lookup_failed("savingsplans:DescribeSavingsPlansOfferings", &e)
+                        })?;
+                        let ids: Vec<String> = out
+                            .search_results()
+                            .iter()
+                            .filter_map(|o| o.offering_id().map(str::to_owned))
+                            .collect();
+                        exactly_one(ids, &rec.describe())?
                     }
-                    if let Some(family) = &rec.resource_type {
-                        lookup = lookup.filters(
-                            SavingsPlanOfferingFilterElement::builder()
-                                .name(SavingsPlanOfferingFilterAttribute::InstanceFamily)
-                                .values(family)
-                                .build(),
-                        );
-                    }
-                }
-                let out = lookup
-                    .send()
-                    .await
-                    .map_err(|e| lookup_failed("savingsplans:DescribeSavingsPlansOfferings", &e))?;
-                let ids: Vec<String> = out
-                    .search_results()
-                    .iter()
-                    .filter_map(|o| o.offering_id().map(str::to_owned))
-                    .collect();
-                exactly_one(ids, &rec.describe())?
-            }
-        };
+                })
+            })
+            .await?;
 
         let hours = rec.term.seconds() as f64 / 3600.0;
         let upfront = commitment * hours * upfront_fraction(rec.payment);
@@ -151,25 +155,11 @@ impl Executor for SavingsPlans {
             ));
         }
 
-        // Re-read the plan: with a reused client token AWS returns the existing plan, and its
-        // recorded upfront amount is what was actually committed.
-        let cost = match client
-            .describe_savings_plans()
-            .savings_plan_ids(&plan_id)
-            .send()
-            .await
-        {
-            Ok(out) => out
-                .savings_plans()
-                .first()
-                .and_then(|p| parse_usd(p.upfront_payment_amount()))
-                .or(Some(upfront)),
-            // The plan exists; a failed re-read only loses the price detail.
-            Err(_) => Some(upfront),
-        };
+        // No re-read: with a reused client token AWS returns the existing plan only for the
+        // same parameters (different ones are refused), so its upfront amount is this one.
         Ok(Purchased {
             commitment_id: plan_id,
-            cost_usd: cost,
+            cost_usd: Some(upfront),
             how: How::Purchased,
             tag_pending: false,
         })
