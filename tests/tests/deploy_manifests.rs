@@ -1382,7 +1382,6 @@ const AWS_ACTIONS: &[(&str, Needed)] = &[
     ("ec2:CreateTags", Call),
     ("savingsplans:DescribeSavingsPlansOfferings", Call),
     ("savingsplans:CreateSavingsPlan", Call),
-    ("savingsplans:DescribeSavingsPlans", Call),
     ("rds:DescribeReservedDBInstancesOfferings", Call),
     ("rds:DescribeReservedDBInstances", Call),
     ("rds:PurchaseReservedDBInstancesOffering", Call),
