@@ -370,3 +370,42 @@ async fn fifty_racing_purchases_against_a_budget_for_ten_buy_exactly_ten() {
         .contains("would exceed the daily budget"));
     world.cleanup().await;
 }
+
+#[tokio::test]
+async fn many_distinct_offerings_in_flight_do_not_starve_the_pool() {
+    // EC2 purchases hold a pooled connection (the offering lock) and need more while they
+    // hold it. With more distinct offerings in flight than the pool has connections, lock
+    // holders must not take every connection and wait for one more.
+    let world = World::new().await;
+    let pool_size = world.store().pool().status().max_size;
+    let handler = std::sync::Arc::new(world.handler().await);
+    let types = ["t3.medium", "m5.large", "m5.xlarge", "c5.large", "r5.large"];
+    let regions = ["us-east-1", "us-west-2", "eu-west-1"];
+    let recs: Vec<serde_json::Value> = (0..3 * pool_size)
+        .map(|i| {
+            let mut r = recommendation("ec2");
+            r["resource_type"] = types[i % types.len()].into();
+            r["region"] = regions[(i / types.len()) % regions.len()].into();
+            r["account"] = format!("2000000000{:02}", i / 15).into();
+            r["count"] = 1.into();
+            r
+        })
+        .collect();
+    let msgs = world.submit(&execution("exec-offerings", recs)).await;
+    let tasks: Vec<_> = msgs
+        .iter()
+        .map(|m| {
+            let handler = handler.clone();
+            let body = m.to_bytes();
+            tokio::spawn(async move { handler.handle(&body).await })
+        })
+        .collect();
+    for t in tasks {
+        match t.await.unwrap() {
+            Outcome::Done { note: "purchased" } => {}
+            other => panic!("every item is bought at the first try, got {other:?}"),
+        }
+    }
+    assert_eq!(world.fc.ledger().len(), 3 * pool_size);
+    world.cleanup().await;
+}

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::executors::{
     Executor, PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
-use crate::locks::OfferingLock;
+use crate::locks::{OfferingLock, OfferingLocks};
 use crate::metrics::Metrics;
 
 /// What to do with a delivery.
@@ -88,6 +88,7 @@ pub struct Handler {
     executors: HashMap<Service, Arc<dyn Executor>>,
     settings: HandlerSettings,
     accounts: AccountLimiter,
+    offering_locks: OfferingLocks,
     metrics: Arc<Metrics>,
 }
 
@@ -103,6 +104,7 @@ impl Handler {
             semaphores: Default::default(),
         };
         Self {
+            offering_locks: OfferingLocks::new(store.pool().clone()),
             store,
             executors,
             settings,
@@ -267,6 +269,7 @@ impl Handler {
             claim_id,
             rec: &msg.recommendation,
             settings: &self.settings,
+            offering_locks: &self.offering_locks,
             lock: Mutex::new(None),
             reserved: AtomicBool::new(false),
         };
@@ -533,6 +536,7 @@ struct WorkerContext<'a> {
     claim_id: Uuid,
     rec: &'a Recommendation,
     settings: &'a HandlerSettings,
+    offering_locks: &'a OfferingLocks,
     lock: Mutex<Option<OfferingLock>>,
     reserved: AtomicBool,
 }
@@ -601,7 +605,7 @@ impl PurchaseContext for WorkerContext<'_> {
     }
 
     async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError> {
-        let lock = OfferingLock::acquire(self.store.pool(), key).await?;
+        let lock = self.offering_locks.acquire(key).await?;
         *self.lock.lock().await = Some(lock);
         Ok(())
     }
