@@ -66,6 +66,13 @@ pub async fn connect(cfg: &AmqpConfig, name: &str) -> anyhow::Result<Connection>
                 why.push_str(
                     " (the server did not speak AMQP: is this a TLS port that needs an amqps:// URL?)",
                 );
+            } else if not_amqp && cfg.client_cert_file.is_none() {
+                // With TLS 1.3 a server that requires a client certificate rejects after the
+                // client's handshake is done: the client sees the alert or only a reset.
+                why.push_str(
+                    " (the TLS server closed the connection: if it requires a client certificate, \
+                     set BUYONCE_AMQP_CLIENT_CERT_FILE and BUYONCE_AMQP_CLIENT_KEY_FILE)",
+                );
             }
             Err(anyhow::anyhow!(
                 "cannot connect to RabbitMQ at {target}: {why}"
