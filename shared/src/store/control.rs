@@ -59,12 +59,13 @@ impl Store {
 
     pub async fn pause_state(&self) -> StoreResult<PauseState> {
         let client = self.conn("pause_state").await?;
-        let row = client
-            .query_one(
+        // Read before every purchase: prepared once per connection.
+        let stmt = client
+            .prepare_cached(
                 "SELECT paused, reason, changed_by, changed_at FROM fleet_control WHERE id",
-                &[],
             )
             .await?;
+        let row = client.query_one(&stmt, &[]).await?;
         Ok(PauseState {
             paused: row.try_get(0)?,
             reason: row.try_get(1)?,

@@ -356,13 +356,13 @@ impl Store {
     /// item moved on or another worker took it over).
     pub async fn heartbeat(&self, token: &IdempotencyToken, claim_id: Uuid) -> StoreResult<bool> {
         let client = self.conn("heartbeat").await?;
-        let n = client
-            .execute(
+        let stmt = client
+            .prepare_cached(
                 "UPDATE purchase_items SET heartbeat_at = now()
                   WHERE token = $1 AND status = 'running' AND claim_id = $2",
-                &[&token.as_str(), &claim_id],
             )
             .await?;
+        let n = client.execute(&stmt, &[&token.as_str(), &claim_id]).await?;
         Ok(n == 1)
     }
 
@@ -375,12 +375,14 @@ impl Store {
         state: &Value,
     ) -> StoreResult<bool> {
         let client = self.conn("set_provider_state").await?;
-        let n = client
-            .execute(
+        let stmt = client
+            .prepare_cached(
                 "UPDATE purchase_items SET provider_state = $3, updated_at = now()
                   WHERE token = $1 AND status = 'running' AND claim_id = $2",
-                &[&token.as_str(), &claim_id, state],
             )
+            .await?;
+        let n = client
+            .execute(&stmt, &[&token.as_str(), &claim_id, state])
             .await?;
         Ok(n == 1)
     }
