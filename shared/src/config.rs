@@ -177,7 +177,7 @@ pub mod vars {
         name: "BUYONCE_DATABASE_POOL_SIZE",
         default: Some("16"),
         expected: "an integer from 1 to 1000",
-        doc: "Postgres connections per process.",
+        doc: "Postgres connections per process (a worker needs at least 2).",
         read_by: ALL_BINS,
         secret: false,
     };

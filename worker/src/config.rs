@@ -40,6 +40,18 @@ impl WorkerConfig {
 
     pub fn from_source(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_source(env)?;
+        if common.database.pool_size < 2 {
+            // An EC2/Redshift purchase holds its offering lock on one connection and records
+            // through another.
+            return Err(ConfigError::Invalid {
+                var: vars::DATABASE_POOL_SIZE.name.into(),
+                shown: format!("{:?}", common.database.pool_size.to_string()),
+                problem: "a worker needs at least 2 connections (an offering lock holds one \
+                          while the purchase records through another)"
+                    .into(),
+                expected: "an integer from 2 to 1000 for the worker".into(),
+            });
+        }
         let heartbeat_interval = config::parse_positive_duration(env, &vars::HEARTBEAT_INTERVAL)?;
         let listen_raw = config::get(env, &vars::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
@@ -142,5 +154,20 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn a_worker_needs_at_least_two_database_connections() {
+        // An EC2/Redshift purchase holds its offering lock on one connection and records
+        // through another: with one, it would wait for itself.
+        let e = WorkerConfig::from_source(&[("BUYONCE_DATABASE_POOL_SIZE", "1")]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("BUYONCE_DATABASE_POOL_SIZE=\"1\" is invalid"),
+            "{text}"
+        );
+        assert!(text.contains("at least 2"), "{text}");
+        let c = WorkerConfig::from_source(&[("BUYONCE_DATABASE_POOL_SIZE", "2")]).unwrap();
+        assert_eq!(c.common.database.pool_size, 2);
     }
 }
