@@ -105,19 +105,7 @@ impl TestBroker {
 
     /// Number of messages ready in `queue` (declared passively).
     pub async fn queue_len(&self, queue: &str) -> anyhow::Result<u32> {
-        let channel = self.connection.create_channel().await?;
-        let q = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await?;
-        let _ = channel.close(200, "done".into()).await;
-        Ok(q.message_count())
+        crate::amqp::queue_len(&self.connection, queue).await
     }
 
     /// Deletes every queue and exchange of the topology.

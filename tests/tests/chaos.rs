@@ -713,7 +713,9 @@ async fn drain(
         };
         let mut waiting = 0;
         for q in &queues {
-            waiting += queue_len(connection, q).await.unwrap_or(1);
+            waiting += buyonce_shared::amqp::queue_len(connection, q)
+                .await
+                .unwrap_or(1);
         }
         last = format!("{progress}; {waiting} message(s) in the queues");
         if progress.live == 0 && waiting == 0 {
@@ -726,23 +728,6 @@ async fn drain(
         }
     }
     Err(last)
-}
-
-/// Ready messages in `queue`.
-async fn queue_len(connection: &lapin::Connection, queue: &str) -> anyhow::Result<u32> {
-    let channel = connection.create_channel().await?;
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
-    let _ = channel.close(200, "done".into()).await;
-    Ok(q.message_count())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -219,16 +219,7 @@ async fn our_own_rabbitmq_node_serves_stops_and_starts_its_app_and_is_removed_on
 
     node.start_app().await.unwrap();
     let conn = amqp::connect(&config, "nodes-test").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            "nodes-test".into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
+    amqp::queue_len(&conn, "nodes-test")
         .await
         .expect("the durable queue is still there after start_app");
     drop(conn);

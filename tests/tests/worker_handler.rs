@@ -16,6 +16,26 @@ fn dead_reason(outcome: &Outcome) -> DeadLetterReason {
     }
 }
 
+/// Handles every message at once, one task each, and returns the outcomes in order.
+async fn handle_all(
+    handler: &std::sync::Arc<buyonce_worker::handler::Handler>,
+    msgs: &[PurchaseMessage],
+) -> Vec<Outcome> {
+    let tasks: Vec<_> = msgs
+        .iter()
+        .map(|m| {
+            let handler = handler.clone();
+            let body = m.to_bytes();
+            tokio::spawn(async move { handler.handle(&body).await })
+        })
+        .collect();
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("handler task"))
+        .collect()
+}
+
 async fn one_item(world: &World, id: &str, rec: serde_json::Value) -> PurchaseMessage {
     world.submit(&execution(id, vec![rec])).await.remove(0)
 }
@@ -332,18 +352,10 @@ async fn fifty_racing_purchases_against_a_budget_for_ten_buy_exactly_ten() {
         })
         .collect();
     let msgs = world.submit(&execution("exec-budget", recs)).await;
-    let tasks: Vec<_> = msgs
-        .iter()
-        .map(|m| {
-            let handler = handler.clone();
-            let body = m.to_bytes();
-            tokio::spawn(async move { handler.handle(&body).await })
-        })
-        .collect();
     let mut bought = 0;
     let mut waiting = 0;
-    for t in tasks {
-        match t.await.unwrap() {
+    for outcome in handle_all(&handler, &msgs).await {
+        match outcome {
             Outcome::Done { note: "purchased" } => bought += 1,
             Outcome::Retry {
                 reason: "budget", ..
@@ -392,16 +404,8 @@ async fn many_distinct_offerings_in_flight_do_not_starve_the_pool() {
         })
         .collect();
     let msgs = world.submit(&execution("exec-offerings", recs)).await;
-    let tasks: Vec<_> = msgs
-        .iter()
-        .map(|m| {
-            let handler = handler.clone();
-            let body = m.to_bytes();
-            tokio::spawn(async move { handler.handle(&body).await })
-        })
-        .collect();
-    for t in tasks {
-        match t.await.unwrap() {
+    for outcome in handle_all(&handler, &msgs).await {
+        match outcome {
             Outcome::Done { note: "purchased" } => {}
             other => panic!("every item is bought at the first try, got {other:?}"),
         }

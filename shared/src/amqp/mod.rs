@@ -103,3 +103,21 @@ pub fn describe_error(e: &lapin::Error) -> String {
     }
     text
 }
+
+/// Messages ready in `queue` (declared passively on a short-lived channel: an error if the
+/// queue does not exist).
+pub async fn queue_len(connection: &Connection, queue: &str) -> anyhow::Result<u32> {
+    let channel = connection.create_channel().await?;
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(q.message_count())
+}

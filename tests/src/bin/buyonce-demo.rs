@@ -320,7 +320,7 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
     let calls_before = purchase_calls(&fc);
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = queue_len(&conn, &topology.purchases_queue()).await?;
+        let ready = buyonce_shared::amqp::queue_len(&conn, &topology.purchases_queue()).await?;
         let items = store.items_of(&execution_id).await?;
         let live = items
             .iter()
@@ -465,22 +465,6 @@ fn print_table(items: &[ItemRow]) {
         );
     }
     println!("      {:>125}", format!("total upfront: {total:.2} USD"));
-}
-
-async fn queue_len(conn: &lapin::Connection, queue: &str) -> anyhow::Result<u32> {
-    let channel = conn.create_channel().await?;
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
-    let _ = channel.close(200, "ok".into()).await;
-    Ok(q.message_count())
 }
 
 async fn cleanup(
