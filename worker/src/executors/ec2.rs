@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
     PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
@@ -94,52 +94,46 @@ async fn resolve_offering(
             .min_duration(rec.term.seconds())
             .max_duration(rec.term.seconds());
     }
-    let mut found = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
-        let out = lookup
-            .clone()
-            .set_next_token(next.clone())
-            .send()
-            .await
-            .map_err(|e| lookup_failed("ec2:DescribeReservedInstancesOfferings", &e))?;
-        for o in out.reserved_instances_offerings() {
-            if o.marketplace() == Some(true) {
-                continue;
-            }
-            found.push(Offering {
-                id: o
-                    .reserved_instances_offering_id()
-                    .unwrap_or_default()
-                    .to_owned(),
-                fixed_price: f64::from(o.fixed_price().unwrap_or(0.0)),
-                instance_type: o
-                    .instance_type()
-                    .map(|t| t.as_str().to_owned())
-                    .unwrap_or_default(),
-                product_description: o
-                    .product_description()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default(),
-                duration: o.duration().unwrap_or_default(),
-                offering_class: o
-                    .offering_class()
-                    .map(|c| c.as_str().to_owned())
-                    .unwrap_or_default(),
-                offering_type: o
-                    .offering_type()
-                    .map(|t| t.as_str().to_owned())
-                    .unwrap_or_default(),
-            });
+    let found = all_pages(|next| {
+        let request = lookup.clone().set_next_token(next);
+        async move {
+            let out = request
+                .send()
+                .await
+                .map_err(|e| lookup_failed("ec2:DescribeReservedInstancesOfferings", &e))?;
+            let page = out
+                .reserved_instances_offerings()
+                .iter()
+                .filter(|o| o.marketplace() != Some(true))
+                .map(|o| Offering {
+                    id: o
+                        .reserved_instances_offering_id()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    fixed_price: f64::from(o.fixed_price().unwrap_or(0.0)),
+                    instance_type: o
+                        .instance_type()
+                        .map(|t| t.as_str().to_owned())
+                        .unwrap_or_default(),
+                    product_description: o
+                        .product_description()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default(),
+                    duration: o.duration().unwrap_or_default(),
+                    offering_class: o
+                        .offering_class()
+                        .map(|c| c.as_str().to_owned())
+                        .unwrap_or_default(),
+                    offering_type: o
+                        .offering_type()
+                        .map(|t| t.as_str().to_owned())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            Ok((page, out.next_token().map(str::to_owned)))
         }
-        next = out
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        if next.is_none() {
-            break;
-        }
-    }
+    })
+    .await?;
     exactly_one(found, &rec.describe())
 }
 

@@ -8,7 +8,7 @@ use aws_sdk_elasticache::types::{ReservedCacheNode, Tag};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
     PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
@@ -89,30 +89,28 @@ impl Executor for ElastiCache {
                             .offering_type(rec.payment.aws_offering_type())
                     }
                 }
-                let mut offerings = Vec::new();
-                let mut marker = None;
-                loop {
-                    let out = lookup
-                        .clone()
-                        .set_marker(marker)
-                        .send()
-                        .await
-                        .map_err(|e| {
+                let offerings = all_pages(|marker| {
+                    let request = lookup.clone().set_marker(marker);
+                    async move {
+                        let out = request.send().await.map_err(|e| {
                             lookup_failed("elasticache:DescribeReservedCacheNodesOfferings", &e)
                         })?;
-                    offerings.extend(out.reserved_cache_nodes_offerings().iter().map(|o| {
-                        (
-                            o.reserved_cache_nodes_offering_id()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            o.fixed_price().unwrap_or(0.0),
-                        )
-                    }));
-                    marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-                    if marker.is_none() {
-                        break;
+                        let page = out
+                            .reserved_cache_nodes_offerings()
+                            .iter()
+                            .map(|o| {
+                                (
+                                    o.reserved_cache_nodes_offering_id()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                    o.fixed_price().unwrap_or(0.0),
+                                )
+                            })
+                            .collect();
+                        Ok((page, out.marker().map(str::to_owned)))
                     }
-                }
+                })
+                .await?;
                 exactly_one(offerings, &rec.describe())
             })
             .await?;

@@ -8,7 +8,7 @@ use aws_sdk_memorydb::types::{ReservedNode, Tag};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
     PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
@@ -84,33 +84,28 @@ impl Executor for MemoryDb {
                             .offering_type(rec.payment.aws_offering_type())
                     }
                 }
-                let mut offerings = Vec::new();
-                let mut next = None;
-                loop {
-                    let out = lookup
-                        .clone()
-                        .set_next_token(next)
-                        .send()
-                        .await
-                        .map_err(|e| {
+                let offerings = all_pages(|next| {
+                    let request = lookup.clone().set_next_token(next);
+                    async move {
+                        let out = request.send().await.map_err(|e| {
                             lookup_failed("memorydb:DescribeReservedNodesOfferings", &e)
                         })?;
-                    offerings.extend(out.reserved_nodes_offerings().iter().map(|o| {
-                        (
-                            o.reserved_nodes_offering_id()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            o.fixed_price(),
-                        )
-                    }));
-                    next = out
-                        .next_token()
-                        .filter(|m| !m.is_empty())
-                        .map(str::to_owned);
-                    if next.is_none() {
-                        break;
+                        let page = out
+                            .reserved_nodes_offerings()
+                            .iter()
+                            .map(|o| {
+                                (
+                                    o.reserved_nodes_offering_id()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                    o.fixed_price(),
+                                )
+                            })
+                            .collect();
+                        Ok((page, out.next_token().map(str::to_owned)))
                     }
-                }
+                })
+                .await?;
                 exactly_one(offerings, &rec.describe())
             })
             .await?;

@@ -310,3 +310,62 @@ pub(crate) fn exactly_one<T>(mut found: Vec<T>, what: &str) -> Result<T, Purchas
         )),
     }
 }
+
+/// Reads every page of a marker / next-token paginated AWS call. `page(token)` sends one
+/// request and returns its items and the next token; an absent or empty token ends it.
+pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, PurchaseError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), PurchaseError>>,
+{
+    let mut all = Vec::new();
+    let mut token = None;
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        token = next.filter(|t| !t.is_empty());
+        if token.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn all_pages_follows_tokens_until_none_or_empty() {
+        let asked = std::sync::Mutex::new(Vec::new());
+        let pages = all_pages(|token: Option<String>| {
+            asked.lock().unwrap().push(token.clone());
+            async move {
+                Ok(match token.as_deref() {
+                    None => (vec![1, 2], Some("a".to_owned())),
+                    Some("a") => (vec![3], Some("b".to_owned())),
+                    Some("b") => (vec![], Some("c".to_owned())),
+                    _ => (vec![4], Some(String::new())),
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(pages, vec![1, 2, 3, 4]);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![None, Some("a".into()), Some("b".into()), Some("c".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn all_pages_stops_at_the_first_error() {
+        let mut calls = 0;
+        let result: Result<Vec<u8>, _> = all_pages(|_| {
+            calls += 1;
+            async { Err(PurchaseError::transient("throttled")) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+    }
+}

@@ -11,7 +11,7 @@ use buyonce_shared::{IdempotencyToken, Payment};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, offering_key, required, Executor, How, OfferingCache, PermanentKind,
+    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PermanentKind,
     PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
@@ -116,27 +116,28 @@ impl Executor for OpenSearch {
         let (offering_id, price) = self
             .offerings
             .get_or_try(offering_key(rec), || async {
-                let mut offerings = Vec::new();
-                let mut next = None;
-                loop {
+                let wanted_payment = &wanted_payment;
+                let offerings = all_pages(|next| {
                     let mut lookup = client
                         .describe_reserved_instance_offerings()
                         .max_results(100);
                     if let Some(oid) = &rec.offering_id {
                         lookup = lookup.reserved_instance_offering_id(oid);
                     }
-                    let out = lookup.set_next_token(next).send().await.map_err(|e| {
-                        lookup_failed("opensearch:DescribeReservedInstanceOfferings", &e)
-                    })?;
-                    offerings.extend(
-                        out.reserved_instance_offerings()
+                    let request = lookup.set_next_token(next);
+                    async move {
+                        let out = request.send().await.map_err(|e| {
+                            lookup_failed("opensearch:DescribeReservedInstanceOfferings", &e)
+                        })?;
+                        let page = out
+                            .reserved_instance_offerings()
                             .iter()
                             .filter(|o| {
                                 rec.offering_id.is_some()
                                     || (o.instance_type().map(|t| t.as_str())
                                         == Some(instance_type)
                                         && i64::from(o.duration()) == rec.term.seconds()
-                                        && o.payment_option() == Some(&wanted_payment))
+                                        && o.payment_option() == Some(wanted_payment))
                             })
                             .map(|o| {
                                 (
@@ -145,16 +146,12 @@ impl Executor for OpenSearch {
                                         .to_owned(),
                                     o.fixed_price().unwrap_or(0.0),
                                 )
-                            }),
-                    );
-                    next = out
-                        .next_token()
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_owned);
-                    if next.is_none() {
-                        break;
+                            })
+                            .collect();
+                        Ok((page, out.next_token().map(str::to_owned)))
                     }
-                }
+                })
+                .await?;
                 exactly_one(offerings, &rec.describe())
             })
             .await?;

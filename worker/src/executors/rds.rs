@@ -9,7 +9,7 @@ use aws_sdk_rds::types::{ReservedDbInstance, Tag};
 
 use super::aws_errors::{classify, code, lookup_failed};
 use super::{
-    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
     PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
@@ -90,30 +90,28 @@ impl Executor for Rds {
                             .multi_az(rec.multi_az.unwrap_or(false))
                     }
                 }
-                let mut offerings = Vec::new();
-                let mut marker = None;
-                loop {
-                    let out = lookup
-                        .clone()
-                        .set_marker(marker)
-                        .send()
-                        .await
-                        .map_err(|e| {
+                let offerings = all_pages(|marker| {
+                    let request = lookup.clone().set_marker(marker);
+                    async move {
+                        let out = request.send().await.map_err(|e| {
                             lookup_failed("rds:DescribeReservedDBInstancesOfferings", &e)
                         })?;
-                    offerings.extend(out.reserved_db_instances_offerings().iter().map(|o| {
-                        (
-                            o.reserved_db_instances_offering_id()
-                                .unwrap_or_default()
-                                .to_owned(),
-                            o.fixed_price().unwrap_or(0.0),
-                        )
-                    }));
-                    marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-                    if marker.is_none() {
-                        break;
+                        let page = out
+                            .reserved_db_instances_offerings()
+                            .iter()
+                            .map(|o| {
+                                (
+                                    o.reserved_db_instances_offering_id()
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                    o.fixed_price().unwrap_or(0.0),
+                                )
+                            })
+                            .collect();
+                        Ok((page, out.marker().map(str::to_owned)))
                     }
-                }
+                })
+                .await?;
                 exactly_one(offerings, &rec.describe())
             })
             .await?;

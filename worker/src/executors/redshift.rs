@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::aws_errors::{classify, lookup_failed};
 use super::{
-    exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
+    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
     PurchaseError, PurchaseRequest, Purchased,
 };
 use crate::aws::{no_retry, AwsClients};
@@ -45,28 +45,27 @@ async fn nodes_of(
     client: &aws_sdk_redshift::Client,
     offering_id: &str,
 ) -> Result<Vec<ReservedNode>, PurchaseError> {
-    let mut nodes = Vec::new();
-    let mut marker = None;
-    loop {
-        let out = client
+    all_pages(|marker| {
+        let request = client
             .describe_reserved_nodes()
             .set_marker(marker)
-            .max_records(100)
-            .send()
-            .await
-            .map_err(|e| lookup_failed("redshift:DescribeReservedNodes", &e))?;
-        nodes.extend(
-            out.reserved_nodes()
+            .max_records(100);
+        async move {
+            let out = request
+                .send()
+                .await
+                .map_err(|e| lookup_failed("redshift:DescribeReservedNodes", &e))?;
+            let page = out
+                .reserved_nodes()
                 .iter()
                 .filter(|n| n.reserved_node_offering_id() == Some(offering_id))
                 .filter(|n| n.state().is_none_or(|s| LIVE_STATES.contains(&s)))
-                .cloned(),
-        );
-        marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-        if marker.is_none() {
-            return Ok(nodes);
+                .cloned()
+                .collect();
+            Ok((page, out.marker().map(str::to_owned)))
         }
-    }
+    })
+    .await
 }
 
 fn snapshot_of(intent: Option<&Value>, offering_id: &str) -> Option<Vec<String>> {
@@ -99,19 +98,18 @@ impl Executor for Redshift {
         let (offering_id, price) = self
             .offerings
             .get_or_try(offering_key(rec), || async {
-                let mut offerings = Vec::new();
-                let mut marker = None;
-                loop {
+                let offerings = all_pages(|marker| {
                     let mut lookup = client.describe_reserved_node_offerings().max_records(100);
                     if let Some(oid) = &rec.offering_id {
                         lookup = lookup.reserved_node_offering_id(oid);
                     }
-                    let out =
-                        lookup.set_marker(marker).send().await.map_err(|e| {
+                    let request = lookup.set_marker(marker);
+                    async move {
+                        let out = request.send().await.map_err(|e| {
                             lookup_failed("redshift:DescribeReservedNodeOfferings", &e)
                         })?;
-                    offerings.extend(
-                        out.reserved_node_offerings()
+                        let page = out
+                            .reserved_node_offerings()
                             .iter()
                             .filter(|o| {
                                 rec.offering_id.is_some()
@@ -125,13 +123,12 @@ impl Executor for Redshift {
                                     o.reserved_node_offering_id().unwrap_or_default().to_owned(),
                                     o.fixed_price().unwrap_or(0.0),
                                 )
-                            }),
-                    );
-                    marker = out.marker().filter(|m| !m.is_empty()).map(str::to_owned);
-                    if marker.is_none() {
-                        break;
+                            })
+                            .collect();
+                        Ok((page, out.marker().map(str::to_owned)))
                     }
-                }
+                })
+                .await?;
                 exactly_one(offerings, &rec.describe())
             })
             .await?;
