@@ -278,6 +278,22 @@ pub mod vars {
         read_by: WORKER,
         secret: false,
     };
+    pub const AWS_SETTLE_WINDOW: VarSpec = VarSpec {
+        name: "BUYONCE_AWS_SETTLE_WINDOW",
+        default: Some("5m"),
+        expected: "a positive Go duration",
+        doc: "After an AWS purchase call whose outcome is unknown, how long a retry that finds nothing waits before it may buy again (AWS describe calls may not show a new reservation at once).",
+        read_by: WORKER,
+        secret: false,
+    };
+    pub const AZURE_SETTLE_WINDOW: VarSpec = VarSpec {
+        name: "BUYONCE_AZURE_SETTLE_WINDOW",
+        default: Some("30m"),
+        expected: "a positive Go duration",
+        doc: "After an Azure purchase whose outcome is unknown, how long the order must stay absent from GET and from the order list before a new quote is bought.",
+        read_by: WORKER,
+        secret: false,
+    };
     pub const SHUTDOWN_GRACE: VarSpec = VarSpec {
         name: "BUYONCE_SHUTDOWN_GRACE",
         default: Some("25s"),
@@ -429,6 +445,8 @@ pub mod vars {
         PER_ACCOUNT_CONCURRENCY,
         MAX_ATTEMPTS,
         HEARTBEAT_INTERVAL,
+        AWS_SETTLE_WINDOW,
+        AZURE_SETTLE_WINDOW,
         SHUTDOWN_GRACE,
         DRY_RUN,
         DAILY_BUDGET_USD,

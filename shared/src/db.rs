@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0002_dead_letters.sql"),
     ),
     (3, "brakes", include_str!("../migrations/0003_brakes.sql")),
+    (
+        4,
+        "ambiguous_purchases",
+        include_str!("../migrations/0004_ambiguous_purchases.sql"),
+    ),
 ];
 
 /// TLS requirement parsed from the URL's `sslmode`.

@@ -101,6 +101,12 @@ impl Service {
     pub fn buys_units(self) -> bool {
         self != Service::SavingsPlans
     }
+
+    /// Whether buyonce buys it. `search` is known (so its refusal can say why) but not bought:
+    /// Microsoft.Capacity documents no reservedResourceType for Azure AI Search.
+    pub fn purchasable(self) -> bool {
+        self != Service::Search
+    }
 }
 
 impl fmt::Display for Service {
@@ -216,6 +222,8 @@ pub enum PlanType {
     Compute,
     Ec2Instance,
     Sagemaker,
+    /// Database Savings Plans (`SavingsPlanType` `Database` in the current model).
+    Database,
 }
 
 /// One approved recommendation: what to buy, where, for how long.
@@ -518,6 +526,16 @@ impl Recommendation {
             }
         }
 
+        if !svc.purchasable() {
+            errors.push(err(
+                &at("service"),
+                "azure/search is not supported: Microsoft.Capacity's ReservedResourceType \
+                 (api-version 2022-11-01) has no value for Azure AI Search and no Microsoft source \
+                 names one, so buyonce will not send a guessed value (docs/provider-semantics.md); \
+                 buy search reservations in the Azure portal",
+            ));
+        }
+
         if !self.payment.valid_for(self.provider) {
             let expected = match self.provider {
                 Provider::Aws => "all-upfront, partial-upfront or no-upfront",
@@ -692,7 +710,7 @@ impl Recommendation {
             if self.plan_type.is_none() {
                 errors.push(err(
                     &at("plan_type"),
-                    "required for aws/savings-plans: compute, ec2-instance or sagemaker",
+                    "required for aws/savings-plans: compute, ec2-instance, sagemaker or database",
                 ));
             }
             match self.commitment_usd_per_hour {
@@ -705,6 +723,15 @@ impl Recommendation {
                     "must be greater than 0 and at most 1000000",
                 )),
                 _ => {}
+            }
+        }
+        if let (Some(id), Service::Opensearch) = (&self.offering_id, svc) {
+            // The OpenSearch model's `GUID` shape: 36 characters, 8-4-4-4-12 hex digits.
+            if !is_guid(id) {
+                errors.push(err(
+                    &at("offering_id"),
+                    "must be an OpenSearch reserved instance offering ID: a GUID (8-4-4-4-12 hex digits)",
+                ));
             }
         }
         if let Some(id) = &self.offering_id {
@@ -761,6 +788,7 @@ fn plan_type_name(plan: Option<PlanType>) -> &'static str {
         Some(PlanType::Compute) | None => "compute",
         Some(PlanType::Ec2Instance) => "ec2-instance",
         Some(PlanType::Sagemaker) => "sagemaker",
+        Some(PlanType::Database) => "database",
     }
 }
 

@@ -159,7 +159,7 @@ async fn cas_tells_not_found_from_race_lost() {
 
     assert_eq!(
         db.store
-            .release_for_retry(&unknown, claim_id, "x", false)
+            .release_for_retry(&unknown, claim_id, "x", false, false)
             .await
             .unwrap(),
         Cas::NotFound
@@ -167,7 +167,7 @@ async fn cas_tells_not_found_from_race_lost() {
     // The item is queued, not running under this claim: a lost race, not an absence.
     assert_eq!(
         db.store
-            .finish_unsuccessful(&msg.token, claim_id, ItemStatus::Failed, "x")
+            .finish_unsuccessful(&msg.token, claim_id, ItemStatus::Failed, "x", false)
             .await
             .unwrap(),
         Cas::Conflict {
@@ -180,7 +180,7 @@ async fn cas_tells_not_found_from_race_lost() {
     // Someone else's claim ID cannot move our item.
     assert_eq!(
         db.store
-            .release_for_retry(&msg.token, claim_id, "x", false)
+            .release_for_retry(&msg.token, claim_id, "x", false, false)
             .await
             .unwrap(),
         Cas::Conflict {
@@ -189,7 +189,7 @@ async fn cas_tells_not_found_from_race_lost() {
     );
     assert_eq!(
         db.store
-            .release_for_retry(&msg.token, ours, "throttled", false)
+            .release_for_retry(&msg.token, ours, "throttled", false, false)
             .await
             .unwrap(),
         Cas::Applied(())

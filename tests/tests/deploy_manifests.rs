@@ -1381,6 +1381,7 @@ const AWS_ACTIONS: &[(&str, Needed)] = &[
     ("ec2:PurchaseReservedInstancesOffering", Call),
     ("ec2:CreateTags", Call),
     ("savingsplans:DescribeSavingsPlansOfferings", Call),
+    ("savingsplans:DescribeSavingsPlans", Call),
     ("savingsplans:CreateSavingsPlan", Call),
     ("rds:DescribeReservedDBInstancesOfferings", Call),
     ("rds:DescribeReservedDBInstances", Call),

@@ -143,6 +143,12 @@ async fn the_binary_serves_its_catalog_and_faults_and_stops_on_sigterm() {
     let west = aws_sdk_ec2::Client::new(&sdk::config(&endpoint, "us-west-2"));
     let offerings = west
         .describe_reserved_instances_offerings()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("scope")
+                .values("Region")
+                .build(),
+        )
         .send()
         .await
         .unwrap();

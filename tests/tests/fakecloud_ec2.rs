@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     Filter, InstanceType, OfferingClassType, OfferingTypeValues, ReservedInstanceLimitPrice,
-    ReservedInstancesOffering, RiProductDescription, Tag, Tenancy,
+    ReservedInstancesOffering, RiProductDescription, Scope, Tag, Tenancy,
 };
 use aws_sdk_ec2::Client;
 use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
@@ -37,6 +37,8 @@ async fn offerings(
         .max_duration(duration)
         .instance_tenancy(Tenancy::Default)
         .include_marketplace(false)
+        // Regional offerings, as the worker asks (without it every zone's is listed too).
+        .filters(Filter::builder().name("scope").values("Region").build())
         .send()
         .await
         .expect("offerings lookup succeeds")
@@ -120,6 +122,76 @@ async fn every_worker_lookup_combination_finds_exactly_one_offering() {
 }
 
 #[tokio::test]
+async fn without_a_zone_the_regional_offering_and_one_per_zone_are_listed_at_one_price() {
+    let (_fc, ec2) = start(FakeCloudConfig::default()).await;
+    let all = ec2
+        .describe_reserved_instances_offerings()
+        .instance_type(InstanceType::M5Large)
+        .product_description(RiProductDescription::LinuxUnix)
+        .offering_class(OfferingClassType::Standard)
+        .offering_type(OfferingTypeValues::AllUpfront)
+        .min_duration(ONE_YEAR)
+        .max_duration(ONE_YEAR)
+        .send()
+        .await
+        .unwrap()
+        .reserved_instances_offerings
+        .unwrap_or_default();
+    assert_eq!(all.len(), 4, "one regional, three zonal: {all:?}");
+    let regional: Vec<_> = all
+        .iter()
+        .filter(|o| o.scope == Some(Scope::Regional))
+        .collect();
+    assert_eq!(regional.len(), 1);
+    assert!(regional[0].availability_zone.is_none());
+    let zones: Vec<_> = all
+        .iter()
+        .filter(|o| o.scope == Some(Scope::AvailabilityZone))
+        .filter_map(|o| o.availability_zone.clone())
+        .collect();
+    assert_eq!(zones, ["us-east-1a", "us-east-1b", "us-east-1c"]);
+    assert!(all.iter().all(|o| o.fixed_price == regional[0].fixed_price));
+
+    // One zone asked for: only its offering.
+    let in_b = ec2
+        .describe_reserved_instances_offerings()
+        .instance_type(InstanceType::M5Large)
+        .availability_zone("us-east-1b")
+        .send()
+        .await
+        .unwrap()
+        .reserved_instances_offerings
+        .unwrap_or_default();
+    assert!(!in_b.is_empty());
+    assert!(in_b
+        .iter()
+        .all(|o| o.availability_zone.as_deref() == Some("us-east-1b")));
+
+    // A zonal offering buys a zonal RI.
+    let zonal = all
+        .iter()
+        .find(|o| o.scope == Some(Scope::AvailabilityZone))
+        .unwrap();
+    let id = buy(
+        &ec2,
+        zonal.reserved_instances_offering_id.as_deref().unwrap(),
+        1,
+    )
+    .await;
+    let ri = ec2
+        .describe_reserved_instances()
+        .reserved_instances_ids(&id)
+        .send()
+        .await
+        .unwrap()
+        .reserved_instances
+        .unwrap_or_default()
+        .remove(0);
+    assert_eq!(ri.scope, Some(Scope::AvailabilityZone));
+    assert_eq!(ri.availability_zone.as_deref(), Some("us-east-1a"));
+}
+
+#[tokio::test]
 async fn offering_ids_are_stable_and_differ_between_regions() {
     let (fc, east) = start(FakeCloudConfig::default()).await;
     let west = Client::new(&sdk::config_without_retries(&fc.endpoint(), "eu-west-1"));
@@ -160,8 +232,8 @@ async fn offerings_are_paged_with_next_token() {
         .unwrap_or_default();
     assert_eq!(
         all.len(),
-        24,
-        "2 platforms × 2 classes × 2 terms × 3 payment options"
+        96,
+        "2 platforms × 2 classes × 2 terms × 3 payment options, regional and in 3 zones"
     );
 
     let mut paged = Vec::new();

@@ -23,7 +23,9 @@ async fn succeeded(world: &World, execution_id: &str) -> usize {
 
 #[tokio::test]
 async fn every_service_is_bought_exactly_once_though_every_message_is_published_twice() {
-    let world = World::new().await;
+    // A strict fakecloud: new commitments invisible for a while, AWS pages of two, Azure's 200
+    // while creating and session timeouts on re-PUTs.
+    let world = World::strict().await;
     let shutdown = CancellationToken::new();
     let worker = world.start_worker(shutdown.clone()).await;
     let doc = execution(
@@ -37,8 +39,8 @@ async fn every_service_is_bought_exactly_once_though_every_message_is_published_
     }
     wait_for(
         Duration::from_secs(60),
-        "all 12 items succeeded",
-        || async { (succeeded(&world, "exec-fleet").await == 12).then_some(()) },
+        "all 11 items succeeded",
+        || async { (succeeded(&world, "exec-fleet").await == SERVICES.len()).then_some(()) },
     )
     .await;
     // Let the duplicates drain too.
@@ -56,11 +58,11 @@ async fn every_service_is_bought_exactly_once_though_every_message_is_published_
     let ledger = world.fc.ledger();
     assert_eq!(
         ledger.len(),
-        12,
+        SERVICES.len(),
         "exactly one commitment per recommendation"
     );
     let commitments = world.store().commitments(Some("exec-fleet")).await.unwrap();
-    assert_eq!(commitments.len(), 12);
+    assert_eq!(commitments.len(), SERVICES.len());
     for c in &commitments {
         assert_eq!(
             ledger

@@ -263,45 +263,74 @@ impl TokenSource for EmulatorSource {
     }
 }
 
+/// Where an order is, from its `provisioningState` (Microsoft.Capacity 2022-11-01
+/// `ProvisioningState`: Creating, PendingResourceHold, ConfirmedResourceHold, PendingBilling,
+/// ConfirmedBilling, Created, Succeeded, Cancelled, Expired, BillingFailed, Failed, Split,
+/// Merged — an open enum that does not say which are terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderState {
+    /// Bought: `Succeeded`, or later reshaped by the owner (`Split`, `Merged`).
+    Bought,
+    /// Not bought (or not any more): `Failed`, `BillingFailed`, `Cancelled`/`Canceled`, `Expired`.
+    Ended,
+    /// Anything else, including states the spec may add: not bought for sure yet, and not safe
+    /// to buy again either.
+    InProgress,
+}
+
+impl OrderState {
+    pub fn of(state: &str) -> Self {
+        match state.to_ascii_lowercase().as_str() {
+            "succeeded" | "split" | "merged" => OrderState::Bought,
+            "failed" | "billingfailed" | "cancelled" | "canceled" | "expired" => OrderState::Ended,
+            _ => OrderState::InProgress,
+        }
+    }
+}
+
 /// A reservation order as returned by ARM (only what the executor needs).
 #[derive(Debug, Clone)]
 pub struct Order {
     pub id: String,
     pub display_name: String,
     pub state: String,
+    /// The order's price in USD (`planInformation.pricingCurrencyTotal`, with `$expand`).
     pub cost_usd: Option<f64>,
+}
+
+/// `{"currencyCode": "USD", "amount": 12.5}` as USD, `None` for another currency or no amount.
+fn usd(price: &Value) -> Option<f64> {
+    let currency = price["currencyCode"].as_str()?;
+    currency
+        .eq_ignore_ascii_case("USD")
+        .then(|| price["amount"].as_f64())
+        .flatten()
 }
 
 impl Order {
     fn from_json(v: &Value) -> Self {
         let props = &v["properties"];
-        let name = v["name"].as_str().unwrap_or_default();
+        // `name` is the order ID; `id` is its ARM path ending in it.
+        let name = v["name"].as_str().map(str::to_owned).unwrap_or_else(|| {
+            v["id"]
+                .as_str()
+                .and_then(|id| id.rsplit('/').next())
+                .unwrap_or_default()
+                .to_owned()
+        });
         Self {
-            id: name.to_owned(),
+            id: name,
             display_name: props["displayName"].as_str().unwrap_or_default().to_owned(),
             state: props["provisioningState"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            cost_usd: props["planInformation"]["pricingCurrencyTotal"]["amount"]
-                .as_f64()
-                .or_else(|| props["billingCurrencyTotal"]["amount"].as_f64()),
+            cost_usd: usd(&props["planInformation"]["pricingCurrencyTotal"]),
         }
     }
 
-    /// Orders in these states bought nothing (or nothing any more).
-    pub fn is_dead(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "Cancelled" | "Failed" | "Expired" | "BillingFailed"
-        )
-    }
-
-    pub fn is_succeeded(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "Succeeded" | "Created" | "ConfirmedBilling"
-        )
+    pub fn state(&self) -> OrderState {
+        OrderState::of(&self.state)
     }
 }
 
@@ -309,16 +338,57 @@ impl Order {
 #[derive(Debug, Clone)]
 pub struct Quote {
     pub order_id: String,
-    pub amount_usd: f64,
+    /// What the whole term costs, USD.
+    pub total_usd: f64,
 }
 
-/// Outcome of the purchase PUT (after polling).
+/// The whole term's price of a quote in USD. The spec does not say whether
+/// `pricingCurrencyTotal` is the whole term or one instalment for a `Monthly` plan (its example
+/// shows one instalment), so the larger of it and the sum of `paymentSchedule` is taken; a quote
+/// without a USD amount is refused rather than read as free.
+pub fn quote_total_usd(props: &Value, monthly: bool) -> Result<f64, PurchaseError> {
+    let refuse = |why: &str| {
+        PurchaseError::permanent(
+            PermanentKind::Validation,
+            format!("azure:calculatePrice: {why}; refusing to buy without knowing the price"),
+        )
+    };
+    let total = usd(&props["pricingCurrencyTotal"]).or_else(|| usd(&props["billingCurrencyTotal"]));
+    let schedule: Option<Vec<Option<f64>>> = props["paymentSchedule"].as_array().map(|entries| {
+        entries
+            .iter()
+            .map(|p| usd(&p["pricingCurrencyTotal"]))
+            .collect()
+    });
+    let scheduled = match &schedule {
+        Some(amounts) if amounts.iter().any(Option::is_none) => {
+            return Err(refuse("a paymentSchedule entry has no USD amount"))
+        }
+        Some(amounts) if !amounts.is_empty() => Some(amounts.iter().flatten().sum::<f64>()),
+        _ => None,
+    };
+    match (total, scheduled) {
+        (Some(t), Some(s)) => Ok(t.max(s)),
+        (Some(_), None) if monthly => Err(refuse(
+            "a monthly quote without a paymentSchedule does not say what the whole term costs",
+        )),
+        (Some(t), None) => Ok(t),
+        (None, Some(s)) => Ok(s),
+        (None, None) => Err(refuse("the quote carries no USD amount")),
+    }
+}
+
+/// Outcome of the purchase PUT, after waiting for the order to leave its in-progress states.
 #[derive(Debug)]
 pub enum PutOutcome {
-    Done(Order),
-    /// `ReservationOrderIdAlreadyExists`: an earlier PUT with this ID bought it.
+    /// The order is bought.
+    Bought(Order),
+    /// The order ended without buying (`Failed`, `BillingFailed`, …).
+    Ended(Order),
+    /// `ReservationOrderIdAlreadyExists`: an earlier PUT with this ID created the order.
     AlreadyExists,
-    /// `Session timed out - Call CalculatePrice again`: the order ID expired, nothing bought.
+    /// `Session timed out - Call CalculatePrice again`: this ID cannot be bought with. Whether an
+    /// earlier PUT consumed it is not said.
     SessionExpired(String),
 }
 
@@ -380,6 +450,12 @@ impl AzureClient {
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION);
         Ok(url)
+    }
+
+    fn order_url(&self, order_id: &str) -> Result<Url, PurchaseError> {
+        self.url(&format!(
+            "providers/Microsoft.Capacity/reservationOrders/{order_id}"
+        ))
     }
 
     async fn send(
@@ -463,28 +539,25 @@ impl AzureClient {
         let props = &body["properties"];
         let order_id = props["reservationOrderId"]
             .as_str()
+            .filter(|id| !id.is_empty())
             .ok_or_else(|| {
                 PurchaseError::transient(format!("{op}: no reservationOrderId in the response"))
             })?
             .to_owned();
-        let amount_usd = props["pricingCurrencyTotal"]["amount"]
-            .as_f64()
-            .or_else(|| props["billingCurrencyTotal"]["amount"].as_f64())
-            .or_else(|| props["grandTotal"].as_f64())
-            .unwrap_or(0.0);
+        let monthly = request["properties"]["billingPlan"]
+            .as_str()
+            .is_some_and(|p| p.eq_ignore_ascii_case("Monthly"));
         Ok(Quote {
             order_id,
-            amount_usd,
+            total_usd: quote_total_usd(props, monthly)?,
         })
     }
 
-    /// `GET reservationOrders/{id}`; `None` for `ReservationOrderNotFound`.
+    /// `GET reservationOrders/{id}`; `None` for `ReservationOrderNotFound` (or a 404).
     pub async fn get_order(&self, order_id: &str) -> Result<Option<Order>, PurchaseError> {
         let op = "azure:GetReservationOrder";
-        let mut url = self.url(&format!(
-            "providers/Microsoft.Capacity/reservationOrders/{order_id}"
-        ))?;
-        // planInformation (the price) is only returned with the payment schedule expanded.
+        let mut url = self.order_url(order_id)?;
+        // planInformation (the price) is only returned when expanded.
         url.query_pairs_mut().append_pair("$expand", "schedule");
         let (status, _, body) = self
             .read_retrying(reqwest::Method::GET, url, None, op)
@@ -500,15 +573,15 @@ impl AzureClient {
         Ok(Some(Order::from_json(&body)))
     }
 
-    /// Waits (polling `GET`) until an order found in progress (`Creating`, pending billing, …)
-    /// is terminal, within the poll timeout; a still-running order is a transient error (not
-    /// bought for sure, not safe to buy again either).
-    pub async fn settle(&self, mut order: Order) -> Result<Order, PurchaseError> {
+    /// Polls an order found in progress until it is bought or ended. Still in progress at the
+    /// poll timeout, or gone from view meanwhile: [`PurchaseError::Ambiguous`] (not bought for
+    /// sure yet, not safe to buy again either).
+    pub async fn wait_final(&self, mut order: Order) -> Result<Order, PurchaseError> {
         let started = Instant::now();
         let mut wait = Duration::from_millis(250);
-        while !order.is_dead() && !order.is_succeeded() {
+        while order.state() == OrderState::InProgress {
             if started.elapsed() > self.poll_timeout {
-                return Err(PurchaseError::transient(format!(
+                return Err(PurchaseError::ambiguous(format!(
                     "azure: order {} still {} after {:?}",
                     order.id, order.state, self.poll_timeout
                 )));
@@ -517,18 +590,14 @@ impl AzureClient {
             wait = (wait * 2).min(Duration::from_secs(5));
             match self.get_order(&order.id).await? {
                 Some(o) => order = o,
-                None => {
-                    return Err(PurchaseError::transient(format!(
-                        "azure: order {} vanished while {}",
-                        order.id, order.state
-                    )))
-                }
+                // ARM hides a resource that is still being created behind a 404.
+                None => continue,
             }
         }
         Ok(order)
     }
 
-    /// `GET reservationOrders`, every page.
+    /// `GET reservationOrders`, every page (the API takes no filter).
     pub async fn list_orders(&self) -> Result<Vec<Order>, PurchaseError> {
         let op = "azure:ListReservationOrders";
         let mut url = self.url("providers/Microsoft.Capacity/reservationOrders")?;
@@ -545,6 +614,7 @@ impl AzureClient {
                 orders.extend(values.iter().map(Order::from_json));
             }
             match body["nextLink"].as_str().filter(|s| !s.is_empty()) {
+                // An absolute URL carrying its own api-version and $skiptoken: followed as is.
                 Some(next) => {
                     url = Url::parse(next)
                         .map_err(|e| PurchaseError::transient(format!("{op}: bad nextLink: {e}")))?
@@ -555,8 +625,10 @@ impl AzureClient {
         Err(PurchaseError::transient(format!("{op}: too many pages")))
     }
 
-    /// `PUT reservationOrders/{id}`, then polls a 202 to a terminal state honouring
-    /// `Retry-After`.
+    /// `PUT reservationOrders/{id}` (a long-running operation, `final-state-via: location`),
+    /// then waits until the order is bought or ended. Any outcome that does not prove the PUT
+    /// was refused — a network error, a 5xx, a transient error code, a poll that does not end —
+    /// is [`PurchaseError::Ambiguous`].
     pub async fn put_order(
         &self,
         order_id: &str,
@@ -566,88 +638,117 @@ impl AzureClient {
         let (status, headers, body) = self
             .send(
                 reqwest::Method::PUT,
-                self.url(&format!(
-                    "providers/Microsoft.Capacity/reservationOrders/{order_id}"
-                ))?,
+                self.order_url(order_id)?,
                 Some(request),
                 op,
             )
-            .await?;
-        match error_code(&body) {
-            Some("ReservationOrderIdAlreadyExists") => return Ok(PutOutcome::AlreadyExists),
-            _ if !status.is_success() => {
-                let message = error_message(&body);
-                if message.contains("Session timed out") || message.contains("CalculatePrice again")
-                {
-                    return Ok(PutOutcome::SessionExpired(message));
-                }
-                return Err(error_of(op, status, &body));
+            .await
+            .map_err(|e| PurchaseError::ambiguous(e.message()))?;
+        if error_code(&body) == Some("ReservationOrderIdAlreadyExists") {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        if !status.is_success() {
+            let message = error_message(&body);
+            if message.contains("Session timed out") || message.contains("CalculatePrice again") {
+                return Ok(PutOutcome::SessionExpired(message));
             }
-            _ => {}
+            return Err(match error_of(op, status, &body) {
+                PurchaseError::Transient(m) => PurchaseError::ambiguous(m),
+                other => other,
+            });
         }
-        if status != reqwest::StatusCode::ACCEPTED {
-            return Ok(PutOutcome::Done(Order::from_json(&body)));
+        let mut order = if status == reqwest::StatusCode::ACCEPTED {
+            self.poll_operation(order_id, &headers, op).await?
+        } else {
+            // 200/201 may carry a non-terminal provisioningState: the order is still coming.
+            Order::from_json(&body)
+        };
+        if order.id.is_empty() {
+            order.id = order_id.to_owned();
         }
-        // 202: poll the operation (Azure-AsyncOperation preferred, else Location).
-        let poll = headers
-            .get("azure-asyncoperation")
-            .or_else(|| headers.get("location"))
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
+        let order = self.wait_final(order).await?;
+        Ok(match order.state() {
+            OrderState::Ended => PutOutcome::Ended(order),
+            _ => PutOutcome::Bought(order),
+        })
+    }
+
+    /// Follows a 202: `Azure-AsyncOperation` if the service sent one, else `Location` (the
+    /// purchase's documented final-state link; 202 while running, then the order), else the
+    /// order itself. Waits `Retry-After` (seconds or an HTTP date) between polls; a throttled or
+    /// failed poll waits and polls again, until the poll timeout.
+    async fn poll_operation(
+        &self,
+        order_id: &str,
+        headers: &reqwest::header::HeaderMap,
+        op: &str,
+    ) -> Result<Order, PurchaseError> {
+        let link = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|s| Url::parse(s).ok())
+        };
+        let async_operation = link("azure-asyncoperation");
+        let poll_url = match async_operation.clone().or_else(|| link("location")) {
+            Some(url) => url,
+            None => self.order_url(order_id)?,
+        };
         let started = Instant::now();
-        let mut wait = retry_after(&headers).unwrap_or(Duration::from_secs(1));
+        let mut wait = retry_after(headers).unwrap_or(Duration::from_secs(1));
         loop {
             if started.elapsed() > self.poll_timeout {
-                return Err(PurchaseError::transient(format!(
+                return Err(PurchaseError::ambiguous(format!(
                     "{op}: order {order_id} still provisioning after {:?}",
                     self.poll_timeout
                 )));
             }
             tokio::time::sleep(wait.min(self.max_poll_interval)).await;
-            let (status, headers, body) = match &poll {
-                Some(link) => {
-                    let url = Url::parse(link).map_err(|e| {
-                        PurchaseError::transient(format!("{op}: bad poll URL: {e}"))
-                    })?;
-                    self.send(reqwest::Method::GET, url, None, op).await?
-                }
-                None => {
-                    self.send(
-                        reqwest::Method::GET,
-                        self.url(&format!(
-                            "providers/Microsoft.Capacity/reservationOrders/{order_id}"
-                        ))?,
-                        None,
-                        op,
-                    )
-                    .await?
+            let polled = self
+                .send(reqwest::Method::GET, poll_url.clone(), None, op)
+                .await;
+            let (status, headers, body) = match polled {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::debug!(error = %e, "polling the purchase failed; polling again");
+                    wait = (wait * 2).min(self.max_poll_interval);
+                    continue;
                 }
             };
-            if !status.is_success() && status != reqwest::StatusCode::ACCEPTED {
-                return Err(PurchaseError::transient(format!(
+            wait = retry_after(&headers).unwrap_or((wait * 2).min(self.max_poll_interval));
+            let in_progress = status == reqwest::StatusCode::ACCEPTED
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                || status == reqwest::StatusCode::NOT_FOUND
+                || status.is_server_error();
+            if in_progress {
+                continue;
+            }
+            if !status.is_success() {
+                return Err(PurchaseError::ambiguous(format!(
                     "{op}: polling failed: {}",
                     error_of(op, status, &body)
                 )));
             }
-            // An async-operation document has a top-level status; an order has properties.
-            let state = body["status"]
-                .as_str()
-                .or_else(|| body["properties"]["provisioningState"].as_str())
-                .unwrap_or("");
-            if !matches!(
-                state,
-                "Creating" | "InProgress" | "Running" | "Pending" | "Accepted" | ""
-            ) || status == reqwest::StatusCode::OK && state.is_empty()
-            {
-                // Terminal: read the order itself for its final state and price.
+            if async_operation.is_some() && body["properties"].is_null() {
+                // An operation status document: Succeeded / Failed / Canceled, else running.
+                match body["status"].as_str().unwrap_or_default() {
+                    "Succeeded" | "Failed" | "Canceled" | "Cancelled" => {}
+                    _ => continue,
+                }
+                // Terminal: the order itself has the final state and the price.
                 return match self.get_order(order_id).await? {
-                    Some(order) => Ok(PutOutcome::Done(order)),
-                    None => Err(PurchaseError::transient(format!(
-                        "{op}: operation finished ({state}) but order {order_id} is not visible"
+                    Some(order) => Ok(order),
+                    None => Err(PurchaseError::ambiguous(format!(
+                        "{op}: the operation finished but order {order_id} is not visible"
                     ))),
                 };
             }
-            wait = retry_after(&headers).unwrap_or(wait * 2);
+            let order = Order::from_json(&body);
+            // The final resource may lack the price (no $expand): read it once more.
+            return Ok(match order.cost_usd {
+                Some(_) => order,
+                None => self.get_order(order_id).await?.unwrap_or(order),
+            });
         }
     }
 }
@@ -669,7 +770,11 @@ fn identity_credential(
             ),
             None,
         )?,
-        CredentialKind::ManagedIdentity => ManagedIdentityCredential::new(None)?,
+        // `None` authenticates the system-assigned identity only; AZURE_CLIENT_ID names a
+        // user-assigned one.
+        CredentialKind::ManagedIdentity => {
+            ManagedIdentityCredential::new(Some(managed_identity_options(s)))?
+        }
         CredentialKind::WorkloadIdentity => {
             WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                 client_id: s.client_id.clone(),
@@ -684,15 +789,29 @@ fn identity_credential(
     })
 }
 
+/// The managed identity to authenticate: user-assigned by client ID when `AZURE_CLIENT_ID` is
+/// set, system-assigned otherwise.
+pub fn managed_identity_options(
+    s: &AzureSettings,
+) -> azure_identity::ManagedIdentityCredentialOptions {
+    azure_identity::ManagedIdentityCredentialOptions {
+        user_assigned_id: s
+            .client_id
+            .clone()
+            .map(azure_identity::UserAssignedId::ClientId),
+        ..Default::default()
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 allows both; ARM documents seconds).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let raw = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
 fn error_code(body: &Value) -> Option<&str> {
@@ -706,6 +825,25 @@ fn error_message(body: &Value) -> String {
         .unwrap_or_else(|| body.to_string())
 }
 
+/// `ErrorResponseCode` values (Microsoft.Capacity 2022-11-01) that name a passing condition.
+const TRANSIENT_CODES: &[&str] = &[
+    "InternalServerError",
+    "ServerTimeout",
+    "BillingTransientError",
+    "FulfillmentTransientError",
+    "UnauthenticatedRequestsThrottled",
+];
+
+/// `ErrorResponseCode` values that mean billing or payment refused the purchase.
+const FUNDS_CODES: &[&str] = &[
+    "BillingError",
+    "BillingCustomerInputError",
+    "BillingPaymentInstrumentSoftError",
+    "BillingPaymentInstrumentHardError",
+    "PaymentInstrumentNotFound",
+    "RiskCheckFailed",
+];
+
 /// Maps an ARM error response to a purchase error.
 fn error_of(op: &str, status: reqwest::StatusCode, body: &Value) -> PurchaseError {
     let code = error_code(body).unwrap_or("Unknown");
@@ -714,11 +852,11 @@ fn error_of(op: &str, status: reqwest::StatusCode, body: &Value) -> PurchaseErro
         status.as_u16(),
         error_message(body)
     );
-    if status.is_server_error() || status.as_u16() == 429 {
+    if TRANSIENT_CODES.contains(&code) || status.is_server_error() || status.as_u16() == 429 {
         PurchaseError::transient(text)
     } else if status.as_u16() == 401 || status.as_u16() == 403 {
         PurchaseError::permanent(PermanentKind::Auth, text)
-    } else if code.contains("Billing") || code.contains("Payment") || code.contains("Credit") {
+    } else if FUNDS_CODES.contains(&code) {
         PurchaseError::permanent(PermanentKind::Funds, text)
     } else {
         PurchaseError::permanent(PermanentKind::Validation, text)
@@ -732,9 +870,143 @@ fn lookup(e: PurchaseError) -> PurchaseError {
             kind: PermanentKind::Auth,
             ..
         } => p,
-        PurchaseError::Permanent { message, .. } | PurchaseError::Transient(message) => {
-            PurchaseError::transient(format!("guard lookup failed, refusing to buy: {message}"))
+        other => PurchaseError::transient(format!(
+            "guard lookup failed, refusing to buy: {}",
+            other.message()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn provisioning_states_are_sorted_into_bought_ended_and_in_progress() {
+        for s in ["Succeeded", "succeeded", "Split", "Merged"] {
+            assert_eq!(OrderState::of(s), OrderState::Bought, "{s}");
         }
-        other => other,
+        for s in [
+            "Failed",
+            "BillingFailed",
+            "Cancelled",
+            "Canceled",
+            "Expired",
+        ] {
+            assert_eq!(OrderState::of(s), OrderState::Ended, "{s}");
+        }
+        for s in [
+            "Creating",
+            "PendingResourceHold",
+            "ConfirmedResourceHold",
+            "PendingBilling",
+            "ConfirmedBilling",
+            "Created",
+            "SomethingNew",
+            "",
+        ] {
+            assert_eq!(OrderState::of(s), OrderState::InProgress, "{s}");
+        }
+    }
+
+    #[test]
+    fn transient_error_codes_are_transient_and_billing_refusals_are_funds() {
+        let bad = reqwest::StatusCode::BAD_REQUEST;
+        for code in [
+            "BillingTransientError",
+            "FulfillmentTransientError",
+            "ServerTimeout",
+        ] {
+            let e = error_of("op", bad, &json!({"error": {"code": code, "message": "m"}}));
+            assert!(matches!(e, PurchaseError::Transient(_)), "{code}: {e}");
+        }
+        let e = error_of(
+            "op",
+            bad,
+            &json!({"error": {"code": "BillingError", "message": "m"}}),
+        );
+        assert!(
+            matches!(
+                e,
+                PurchaseError::Permanent {
+                    kind: PermanentKind::Funds,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_monthly_quote_costs_its_whole_schedule() {
+        // The spec's example: pricingCurrencyTotal equal to one instalment.
+        let props = json!({
+            "pricingCurrencyTotal": {"currencyCode": "USD", "amount": 46.0},
+            "paymentSchedule": [
+                {"pricingCurrencyTotal": {"currencyCode": "USD", "amount": 46}},
+                {"pricingCurrencyTotal": {"currencyCode": "USD", "amount": 46}},
+                {"pricingCurrencyTotal": {"currencyCode": "USD", "amount": 46}}
+            ]
+        });
+        assert_eq!(quote_total_usd(&props, true).unwrap(), 138.0);
+        let upfront = json!({"pricingCurrencyTotal": {"currencyCode": "USD", "amount": 552.0}});
+        assert_eq!(quote_total_usd(&upfront, false).unwrap(), 552.0);
+    }
+
+    #[test]
+    fn a_quote_without_a_usd_amount_is_refused() {
+        for props in [
+            json!({}),
+            json!({"pricingCurrencyTotal": {"currencyCode": "EUR", "amount": 40.0}}),
+            json!({"pricingCurrencyTotal": {"currencyCode": "USD"}}),
+        ] {
+            assert!(quote_total_usd(&props, false).is_err(), "{props}");
+        }
+        let monthly_without_schedule =
+            json!({"pricingCurrencyTotal": {"currencyCode": "USD", "amount": 46.0}});
+        assert!(quote_total_usd(&monthly_without_schedule, true).is_err());
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = (chrono::Utc::now() + chrono::TimeDelta::seconds(30))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        headers.insert("retry-after", later.parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        headers.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_client_id_selects_a_user_assigned_managed_identity() {
+        let env = [
+            (vars::AZURE_CREDENTIAL.name, "managed-identity"),
+            (
+                vars::AZURE_CLIENT_ID.name,
+                "11111111-2222-3333-4444-555555555555",
+            ),
+        ];
+        let s = AzureSettings::from_source(&env).unwrap();
+        match managed_identity_options(&s).user_assigned_id {
+            Some(azure_identity::UserAssignedId::ClientId(id)) => {
+                assert_eq!(id, "11111111-2222-3333-4444-555555555555")
+            }
+            other => panic!("expected a client ID, got {other:?}"),
+        }
+        let env = [(vars::AZURE_CREDENTIAL.name, "managed-identity")];
+        let s = AzureSettings::from_source(&env).unwrap();
+        assert!(managed_identity_options(&s).user_assigned_id.is_none());
     }
 }

@@ -16,6 +16,10 @@ pub struct WorkerConfig {
     pub per_account_concurrency: usize,
     pub max_attempts: i32,
     pub heartbeat_interval: Duration,
+    /// After an ambiguous purchase call, how long a retry that finds nothing waits before it
+    /// may buy again, per provider.
+    pub aws_settle_window: Duration,
+    pub azure_settle_window: Duration,
     /// A running item whose heartbeat is older than this is presumed orphaned and may be taken
     /// over by a redelivered message (3 × the heartbeat interval).
     pub stale_after: Duration,
@@ -97,6 +101,8 @@ impl WorkerConfig {
             )?,
             max_attempts: config::parse_number(env, &vars::MAX_ATTEMPTS, 1i32, 100)?,
             heartbeat_interval,
+            aws_settle_window: config::parse_positive_duration(env, &vars::AWS_SETTLE_WINDOW)?,
+            azure_settle_window: config::parse_positive_duration(env, &vars::AZURE_SETTLE_WINDOW)?,
             stale_after: heartbeat_interval * 3,
             shutdown_grace,
             dry_run: config::parse_bool(env, &vars::DRY_RUN)?,
@@ -128,6 +134,8 @@ mod tests {
         assert_eq!(c.per_account_concurrency, 4);
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
         assert_eq!(c.stale_after, Duration::from_secs(30));
+        assert_eq!(c.aws_settle_window, Duration::from_secs(300));
+        assert_eq!(c.azure_settle_window, Duration::from_secs(1800));
         assert_eq!(c.listen.to_string(), "127.0.0.1:9101");
         assert!(c.azure.is_none());
         assert!(!c.dry_run);

@@ -66,6 +66,8 @@ pub async fn spawn(
             tag_key: config.tag_key.clone(),
             retry_delays: config.common.retry_delays.clone(),
             per_account_concurrency: config.per_account_concurrency,
+            aws_settle_window: config.aws_settle_window,
+            azure_settle_window: config.azure_settle_window,
         },
         metrics.clone(),
     ));

@@ -60,6 +60,21 @@ pub struct HandlerSettings {
     pub tag_key: String,
     pub retry_delays: Vec<Duration>,
     pub per_account_concurrency: usize,
+    /// How long after an ambiguous AWS purchase call a retry that finds nothing waits before
+    /// it may buy again (`BUYONCE_AWS_SETTLE_WINDOW`).
+    pub aws_settle_window: Duration,
+    /// The same for Azure (`BUYONCE_AZURE_SETTLE_WINDOW`).
+    pub azure_settle_window: Duration,
+}
+
+impl HandlerSettings {
+    /// The settle window of `provider`'s purchases.
+    pub fn settle_window(&self, provider: buyonce_shared::Provider) -> Duration {
+        match provider {
+            buyonce_shared::Provider::Aws => self.aws_settle_window,
+            buyonce_shared::Provider::Azure => self.azure_settle_window,
+        }
+    }
 }
 
 /// Limits in-flight purchases per cloud account, so one throttled account cannot take every
@@ -192,12 +207,13 @@ impl Handler {
                 return self.retry(0, "database");
             }
         };
-        let (claim_id, attempts, intent) = match claim {
+        let (claim_id, attempts, intent, ambiguous_at) = match claim {
             Claim::Claimed {
                 claim_id,
                 attempts,
                 provider_state,
-            } => (claim_id, attempts, provider_state),
+                ambiguous_at,
+            } => (claim_id, attempts, provider_state, ambiguous_at),
             Claim::UnknownItem => {
                 warn!("no such execution item in Postgres; refusing");
                 return Outcome::Dead {
@@ -255,7 +271,7 @@ impl Handler {
         let service = msg.recommendation.service;
         let Some(executor) = self.executors.get(&service).cloned() else {
             let error = format!("no executor configured for {service} (is Azure configured?)");
-            self.end(&msg.token, claim_id, ItemStatus::Failed, &error)
+            self.end(&msg.token, claim_id, ItemStatus::Failed, &error, false)
                 .await;
             return Outcome::Dead {
                 reason: DeadLetterReason::PermanentFailure,
@@ -272,6 +288,7 @@ impl Handler {
             offering_locks: &self.offering_locks,
             lock: Mutex::new(None),
             reserved: AtomicBool::new(false),
+            ambiguous_at,
         };
         let req = PurchaseRequest {
             token: &msg.token,
@@ -279,6 +296,7 @@ impl Handler {
             execution_id: msg.execution_id.as_str(),
             rec_index: msg.rec_index.as_i32(),
             intent: intent.as_ref(),
+            ambiguous_at,
         };
         let started = Instant::now();
         self.metrics.in_flight.inc();
@@ -314,26 +332,38 @@ impl Handler {
                 drop(ctx);
                 outcome
             }
-            Err(PurchaseError::Transient(error)) => {
+            Err(e @ (PurchaseError::Transient(_) | PurchaseError::Ambiguous(_))) => {
+                // Ambiguous: the purchase call may have bought. Recorded on the item, so that
+                // every later attempt that finds nothing waits out the settle window first.
+                let ambiguous = matches!(e, PurchaseError::Ambiguous(_));
+                let error = if ambiguous {
+                    format!("purchase outcome unknown: {}", e.message())
+                } else {
+                    e.message()
+                };
                 self.metrics
                     .purchases
-                    .get_or_create(&labels("transient"))
+                    .get_or_create(&labels(if ambiguous { "ambiguous" } else { "transient" }))
                     .inc();
                 drop(ctx);
                 if attempts >= self.settings.max_attempts {
                     let error = format!("gave up after {attempts} attempts; last error: {error}");
                     warn!(%error, "attempts exhausted; item is dead");
-                    self.end(&msg.token, claim_id, ItemStatus::Dead, &error)
+                    self.end(&msg.token, claim_id, ItemStatus::Dead, &error, ambiguous)
                         .await;
                     return Outcome::Dead {
                         reason: DeadLetterReason::MaxAttempts,
                         error,
                     };
                 }
-                warn!(attempt = attempts, %error, "transient failure; will retry");
+                if ambiguous {
+                    warn!(attempt = attempts, %error, "the purchase call may have gone through; the retry looks for it first");
+                } else {
+                    warn!(attempt = attempts, %error, "transient failure; will retry");
+                }
                 if let Err(e) = self
                     .store
-                    .release_for_retry(&msg.token, claim_id, &error, false)
+                    .release_for_retry(&msg.token, claim_id, &error, false, ambiguous)
                     .await
                 {
                     // The item stays running; the retry takes it over once the heartbeat is stale.
@@ -354,7 +384,7 @@ impl Handler {
                     // Certainly not bought: give the budget back.
                     let _ = self.store.release_budget(msg.token.as_str()).await;
                 }
-                self.end(&msg.token, claim_id, ItemStatus::Failed, &message)
+                self.end(&msg.token, claim_id, ItemStatus::Failed, &message, false)
                     .await;
                 Outcome::Dead {
                     reason: if kind == PermanentKind::SpendCap {
@@ -374,9 +404,43 @@ impl Handler {
                 info!(%message, "daily budget exhausted; item waits");
                 let _ = self
                     .store
-                    .release_for_retry(&msg.token, claim_id, &message, true)
+                    .release_for_retry(&msg.token, claim_id, &message, true, false)
                     .await;
                 self.retry(usize::MAX, "budget")
+            }
+            Err(PurchaseError::Settling { until, message }) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels("settling"))
+                    .inc();
+                drop(ctx);
+                // Looked at again at least every longest retry delay: a longer per-message TTL
+                // would hold up the messages behind it in that wait queue.
+                let longest = self
+                    .settings
+                    .retry_delays
+                    .last()
+                    .copied()
+                    .unwrap_or(Duration::from_secs(600));
+                let wait = (until - chrono::Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(longest);
+                info!(until = %until.to_rfc3339(), %message, "nothing found yet after an ambiguous purchase; waiting for the settle window before buying again");
+                let _ = self
+                    .store
+                    .release_for_retry(
+                        &msg.token,
+                        claim_id,
+                        &format!(
+                            "waiting until {} (settle window): {message}",
+                            until.to_rfc3339()
+                        ),
+                        true,
+                        false,
+                    )
+                    .await;
+                self.retry_after_at_least(wait.max(Duration::from_millis(100)), "settling")
             }
             Err(PurchaseError::Paused) => {
                 drop(ctx);
@@ -388,6 +452,7 @@ impl Handler {
                         claim_id,
                         "fleet paused before the purchase",
                         true,
+                        false,
                     )
                     .await;
                 self.retry_after_at_least(Duration::from_secs(1), "paused")
@@ -402,7 +467,7 @@ impl Handler {
                     "dry run, nothing bought: would buy {message}; re-drive with dry run off to buy"
                 );
                 info!(%error, "dry run");
-                self.end(&msg.token, claim_id, ItemStatus::Failed, &error)
+                self.end(&msg.token, claim_id, ItemStatus::Failed, &error, false)
                     .await;
                 Outcome::Done { note: "dry-run" }
             }
@@ -463,10 +528,17 @@ impl Handler {
         self.retry_after_at_least(self.settings.stale_after, "record-failed")
     }
 
-    async fn end(&self, token: &IdempotencyToken, claim_id: Uuid, status: ItemStatus, error: &str) {
+    async fn end(
+        &self,
+        token: &IdempotencyToken,
+        claim_id: Uuid,
+        status: ItemStatus,
+        error: &str,
+        ambiguous: bool,
+    ) {
         match self
             .store
-            .finish_unsuccessful(token, claim_id, status, error)
+            .finish_unsuccessful(token, claim_id, status, error, ambiguous)
             .await
         {
             Ok(Cas::Applied(execution_id)) => self.finish_execution(&execution_id).await,
@@ -539,6 +611,7 @@ struct WorkerContext<'a> {
     offering_locks: &'a OfferingLocks,
     lock: Mutex<Option<OfferingLock>>,
     reserved: AtomicBool,
+    ambiguous_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[async_trait]
@@ -618,6 +691,24 @@ impl PurchaseContext for WorkerContext<'_> {
             .attributed_among(commitment_ids, self.token.as_str())
             .await
             .map_err(|e| PurchaseError::transient(format!("ledger lookup failed, not buying: {e}")))
+    }
+
+    fn settle_gate(&self) -> Result<(), PurchaseError> {
+        let Some(since) = self.ambiguous_at else {
+            return Ok(());
+        };
+        let window = self.settings.settle_window(self.rec.service.provider());
+        let until = since + chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
+        if chrono::Utc::now() < until {
+            return Err(PurchaseError::Settling {
+                until,
+                message: format!(
+                    "an earlier purchase call ({}) may have gone through and is not visible yet",
+                    since.to_rfc3339()
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn tag_key(&self) -> &str {

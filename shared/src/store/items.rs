@@ -89,6 +89,9 @@ pub struct ItemRow {
     pub heartbeat_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Since when an earlier purchase call may have gone through unseen (see
+    /// [`Claim::Claimed::ambiguous_at`]).
+    pub ambiguous_at: Option<DateTime<Utc>>,
 }
 
 /// Columns of [`ItemRow`], in [`item_from_row`] order (prefix `i.` in joins).
@@ -96,7 +99,11 @@ pub(crate) const ITEM_COLUMNS: &str =
     "i.execution_id, i.rec_index, i.token, i.provider, i.service, \
      i.account, i.region, i.recommendation, i.status, i.attempts, i.commitment_id, \
      i.cost_usd::float8, i.error, i.tag_pending, i.provider_state, i.published_at, \
-     i.heartbeat_at, i.created_at, i.updated_at";
+     i.heartbeat_at, i.created_at, i.updated_at, i.ambiguous_at";
+
+/// How many columns [`ITEM_COLUMNS`] selects: a query that adds columns after them reads its
+/// first extra one at this index.
+pub(crate) const ITEM_COLUMN_COUNT: usize = 20;
 
 pub(crate) fn item_from_row(row: &Row) -> StoreResult<ItemRow> {
     let status: String = row.try_get(8)?;
@@ -121,6 +128,7 @@ pub(crate) fn item_from_row(row: &Row) -> StoreResult<ItemRow> {
         heartbeat_at: row.try_get(16)?,
         created_at: row.try_get(17)?,
         updated_at: row.try_get(18)?,
+        ambiguous_at: row.try_get(19)?,
     })
 }
 
@@ -169,6 +177,12 @@ pub enum Claim {
         claim_id: Uuid,
         attempts: i32,
         provider_state: Option<Value>,
+        /// Since when an earlier attempt's purchase call may have gone through without the
+        /// worker learning of it: set when that attempt reported an ambiguous outcome, and by
+        /// this claim when it takes over a `running` item whose owner stopped heartbeating (it
+        /// may have died inside the purchase call). `None`: every earlier purchase call is
+        /// accounted for.
+        ambiguous_at: Option<DateTime<Utc>>,
     },
     /// No such execution or item.
     UnknownItem,
@@ -221,6 +235,8 @@ pub(crate) async fn mark_dead_in(
         .query(
             "UPDATE purchase_items
                 SET status = 'dead', error = $5, heartbeat_at = NULL, claim_id = NULL,
+                    -- A running item's owner may have died inside the purchase call.
+                    ambiguous_at = CASE WHEN status = 'running' THEN now() ELSE ambiguous_at END,
                     updated_at = now()
               WHERE token = $1 AND execution_id = $2 AND rec_index = $3
                 AND recommendation = $4::jsonb AND status IN ('queued', 'running')
@@ -271,7 +287,11 @@ impl Store {
             .prepare_cached(
                 "UPDATE purchase_items i
                     SET status = 'running', attempts = i.attempts + 1, claim_id = $4,
-                        heartbeat_at = now(), updated_at = now()
+                        heartbeat_at = now(), updated_at = now(),
+                        -- Taking over from an owner that stopped heartbeating: it may have died
+                        -- inside the purchase call (right-hand sides read the old row).
+                        ambiguous_at = CASE WHEN i.status = 'running' THEN now()
+                                            ELSE i.ambiguous_at END
                    FROM executions e
                   WHERE i.execution_id = $1 AND i.rec_index = $2
                     AND e.execution_id = i.execution_id
@@ -283,7 +303,7 @@ impl Store {
                              AND (i.heartbeat_at IS NULL
                                   OR i.heartbeat_at < now() - make_interval(secs => $6))))
                     AND NOT (SELECT paused FROM fleet_control)
-              RETURNING i.attempts, i.provider_state",
+              RETURNING i.attempts, i.provider_state, i.ambiguous_at",
             )
             .await?;
         let rows = client
@@ -304,6 +324,7 @@ impl Store {
                 claim_id,
                 attempts: row.try_get(0)?,
                 provider_state: row.try_get(1)?,
+                ambiguous_at: row.try_get(2)?,
             });
         }
         // Nothing matched: find out why (advisory; the row may move again meanwhile).
@@ -453,13 +474,15 @@ impl Store {
 
     /// After a transient failure: `running (our claim) → queued`, keeping the error, so the
     /// retry message finds it claimable. The attempt stays counted unless `uncount` (the
-    /// purchase was only deferred: fleet paused, budget exhausted).
+    /// purchase was only deferred: fleet paused, budget exhausted, settle window). `ambiguous`:
+    /// this attempt's purchase call may have gone through unseen; `ambiguous_at` becomes now.
     pub async fn release_for_retry(
         &self,
         token: &IdempotencyToken,
         claim_id: Uuid,
         error: &str,
         uncount: bool,
+        ambiguous: bool,
     ) -> StoreResult<Cas<()>> {
         let client = self.conn("release_for_retry").await?;
         let n = client
@@ -467,9 +490,10 @@ impl Store {
                 "UPDATE purchase_items
                     SET status = 'queued', error = $3, heartbeat_at = NULL, claim_id = NULL,
                         attempts = CASE WHEN $4 THEN greatest(attempts - 1, 0) ELSE attempts END,
+                        ambiguous_at = CASE WHEN $5 THEN now() ELSE ambiguous_at END,
                         updated_at = now()
                   WHERE token = $1 AND status = 'running' AND claim_id = $2",
-                &[&token.as_str(), &claim_id, &error, &uncount],
+                &[&token.as_str(), &claim_id, &error, &uncount, &ambiguous],
             )
             .await?;
         if n == 1 {
@@ -480,13 +504,15 @@ impl Store {
     }
 
     /// Ends an item we own: `running (our claim) → failed` (permanent failure) or `→ dead`
-    /// (attempts exhausted), with the reason.
+    /// (attempts exhausted), with the reason. `ambiguous` as in [`Store::release_for_retry`]:
+    /// a re-drive of the item then waits for the settle window before buying again.
     pub async fn finish_unsuccessful(
         &self,
         token: &IdempotencyToken,
         claim_id: Uuid,
         status: ItemStatus,
         error: &str,
+        ambiguous: bool,
     ) -> StoreResult<Cas<String>> {
         debug_assert!(matches!(status, ItemStatus::Failed | ItemStatus::Dead));
         let client = self.conn("finish_unsuccessful").await?;
@@ -494,10 +520,17 @@ impl Store {
             .query(
                 "UPDATE purchase_items
                     SET status = $3, error = $4, heartbeat_at = NULL, claim_id = NULL,
+                        ambiguous_at = CASE WHEN $5 THEN now() ELSE ambiguous_at END,
                         updated_at = now()
                   WHERE token = $1 AND status = 'running' AND claim_id = $2
               RETURNING execution_id",
-                &[&token.as_str(), &claim_id, &status.as_str(), &error],
+                &[
+                    &token.as_str(),
+                    &claim_id,
+                    &status.as_str(),
+                    &error,
+                    &ambiguous,
+                ],
             )
             .await?;
         match rows.first() {
@@ -514,6 +547,8 @@ impl Store {
             .query(
                 "UPDATE purchase_items
                     SET status = 'dead', error = $2, heartbeat_at = NULL, claim_id = NULL,
+                        ambiguous_at = CASE WHEN status = 'running' THEN now()
+                                            ELSE ambiguous_at END,
                         updated_at = now()
                   WHERE token = $1 AND status IN ('queued', 'running')
               RETURNING execution_id",
@@ -586,7 +621,7 @@ impl Store {
             )
             .await?;
         rows.iter()
-            .map(|r| Ok((item_from_row(r)?, r.try_get(19)?)))
+            .map(|r| Ok((item_from_row(r)?, r.try_get(ITEM_COLUMN_COUNT)?)))
             .collect()
     }
 
@@ -619,7 +654,7 @@ impl Store {
                 &[&execution_id, &rec_index],
             )
             .await?;
-        row.map(|r| Ok((item_from_row(&r)?, r.try_get(19)?)))
+        row.map(|r| Ok((item_from_row(&r)?, r.try_get(ITEM_COLUMN_COUNT)?)))
             .transpose()
     }
 
@@ -673,7 +708,9 @@ impl Store {
         let rows = client
             .query(
                 "UPDATE purchase_items
-                    SET status = 'failed', error = $3, claim_id = NULL, updated_at = now()
+                    SET status = 'failed', error = $3, claim_id = NULL, updated_at = now(),
+                        -- The owner stopped heartbeating, maybe inside the purchase call.
+                        ambiguous_at = now()
                   WHERE token = $1 AND status = 'running'
                     AND heartbeat_at < now() - make_interval(secs => $2)
               RETURNING execution_id",
@@ -715,7 +752,9 @@ impl Store {
         let rows = client
             .query(
                 "UPDATE purchase_items
-                    SET status = 'failed', error = $3, claim_id = NULL, updated_at = now()
+                    SET status = 'failed', error = $3, claim_id = NULL, updated_at = now(),
+                        -- The owner stopped heartbeating, maybe inside the purchase call.
+                        ambiguous_at = now()
                   WHERE token = ANY($1) AND status = 'running'
                     AND heartbeat_at < now() - make_interval(secs => $2)
               RETURNING token, execution_id",
@@ -812,7 +851,7 @@ impl Store {
             .await?;
         let moved: Vec<(ItemRow, String)> = rows
             .iter()
-            .map(|r| Ok((item_from_row(r)?, r.try_get(19)?)))
+            .map(|r| Ok((item_from_row(r)?, r.try_get(ITEM_COLUMN_COUNT)?)))
             .collect::<StoreResult<_>>()?;
         if !moved.is_empty() {
             client

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! buyonce-fakecloud --listen 127.0.0.1:4566 [--catalog FILE] [--faults FILE] [--seed N]
+//!                   [--realism friendly|strict]
 //! ```
 //! Point `AWS_ENDPOINT_URL`, the Azure resource-manager URL and the Azure authority host at it.
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use buyonce_tests::fakecloud::{self, Catalog, FakeCloudConfig, Faults};
+use buyonce_tests::fakecloud::{self, Catalog, FakeCloudConfig, Faults, Realism};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -63,9 +64,22 @@ struct Args {
     /// EC2 tag key reported as the ledger's idempotency handle of an RI.
     #[arg(long, env = "FAKECLOUD_IDEMPOTENCY_TAG_KEY", default_value = fakecloud::DEFAULT_IDEMPOTENCY_TAG_KEY)]
     idempotency_tag_key: String,
+    /// How pessimistic to be about what the providers leave undocumented: `friendly` (answers
+    /// at once and consistently) or `strict` (delayed visibility, forgotten client tokens,
+    /// lost responses, payment failures, duplicate OpenSearch names, pages of two, Azure's
+    /// session timeout on re-PUTs …; see the fakecloud `Realism` docs).
+    #[arg(long, env = "FAKECLOUD_REALISM", default_value = "friendly", value_parser = parse_realism)]
+    realism: Realism,
+    /// Overrides the realism's visibility delay of new commitments (e.g. 0, 500ms, 3s).
+    #[arg(long, env = "FAKECLOUD_VISIBILITY_DELAY", value_parser = parse_duration)]
+    visibility_delay: Option<Duration>,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "FAKECLOUD_LOG_JSON")]
     log_json: bool,
+}
+
+fn parse_realism(text: &str) -> Result<Realism, String> {
+    Realism::named(text).ok_or_else(|| format!("unknown realism '{text}' (use friendly or strict)"))
 }
 
 /// Parses `250ms`, `2s`, `5m`, `1h`, or plain seconds.
@@ -135,6 +149,12 @@ async fn main() -> anyhow::Result<()> {
         azure_provisioning_delay: args.azure_provisioning_delay,
         latency: args.latency,
         idempotency_tag_key: args.idempotency_tag_key,
+        realism: Realism {
+            visibility_delay: args
+                .visibility_delay
+                .unwrap_or(args.realism.visibility_delay),
+            ..args.realism
+        },
         ..FakeCloudConfig::default()
     };
 

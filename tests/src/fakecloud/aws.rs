@@ -48,6 +48,20 @@ impl Call<'_> {
         &self.identity.account
     }
 
+    /// The page size to answer with: what the client asked for, at most the realism's
+    /// [`super::Realism::max_page_size`].
+    pub fn page_size(&self, requested: usize) -> usize {
+        match self.shared.realism().max_page_size {
+            Some(max) => requested.min(max.max(1)),
+            None => requested,
+        }
+    }
+
+    /// Whether lookups show `commitment` yet (see [`super::Realism::visibility_delay`]).
+    pub fn visible(&self, commitment: &Commitment) -> bool {
+        self.shared.visible(commitment, self.now)
+    }
+
     /// The final state of a purchase: `active`, unless a provisioning-failure fault says otherwise.
     pub fn final_state(&self) -> String {
         match &self.faults.provisioning_failure {
@@ -85,6 +99,7 @@ impl Call<'_> {
             product: o.product_description.clone(),
             offering_class: o.offering_class.clone(),
             multi_az: o.multi_az,
+            zone: offer.zone.clone(),
             count,
             duration_seconds: o.duration_seconds,
             payment: o.payment_option.as_str().to_string(),

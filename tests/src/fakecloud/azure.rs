@@ -37,20 +37,53 @@ const SESSION_TIMED_OUT: &str =
     "Session timed out - Call CalculatePrice again and provide the new Reservation Order ID for purchase";
 
 /// The project's Azure service name of a `reservedResourceType` (`VirtualMachines` → `vm`).
-///
-/// `search` maps to `SearchService`: the 2022-11-01 `ReservedResourceType` enum has no search
-/// value (it is extensible, `modelAsString`), and `SearchService` is what existing purchasing
-/// tools send for Azure AI Search reservations.
 pub fn azure_service(reserved_resource_type: &str) -> String {
     match reserved_resource_type.to_ascii_lowercase().as_str() {
         "virtualmachines" => "vm".into(),
         "sqldatabases" => "sql-database".into(),
         "rediscache" => "redis-cache".into(),
         "cosmosdb" => "cosmos-db".into(),
-        "searchservice" => "search".into(),
         other => other.into(),
     }
 }
+
+/// The 2022-11-01 spec's `ReservedResourceType` values. The enum is declared extensible, but a
+/// value outside it is refused here: nothing documents what Azure does with one.
+const RESERVED_RESOURCE_TYPES: [&str; 26] = [
+    "VirtualMachines",
+    "SqlDatabases",
+    "SuseLinux",
+    "CosmosDb",
+    "RedHat",
+    "SqlDataWarehouse",
+    "VMwareCloudSimple",
+    "RedHatOsa",
+    "Databricks",
+    "AppService",
+    "ManagedDisk",
+    "BlockBlob",
+    "RedisCache",
+    "AzureDataExplorer",
+    "MySql",
+    "MariaDb",
+    "PostgreSql",
+    "DedicatedHost",
+    "SapHana",
+    "SqlAzureHybridBenefit",
+    "AVS",
+    "DataFactory",
+    "NetAppStorage",
+    "AzureFiles",
+    "SqlEdge",
+    "VirtualMachineSoftware",
+];
+
+/// Audiences ARM accepts in a token (its `InvalidAuthenticationTokenAudience` message), besides
+/// fakecloud's own base URL.
+const ARM_AUDIENCES: [&str; 2] = [
+    "https://management.azure.com",
+    "https://management.core.windows.net",
+];
 
 /// Whether a path belongs to the Azure side (ARM paths are case-insensitive).
 pub fn is_azure_path(path: &str) -> bool {
@@ -326,7 +359,7 @@ fn authenticate(
         )));
     };
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
-    shared
+    let claims = shared
         .identities
         .verify_azure_token(token, now)
         .map_err(|expired| {
@@ -345,7 +378,23 @@ fn authenticate(
                 )
             };
             Box::new(unauthorized(base, tenant, code, message))
-        })
+        })?;
+    // A token for another resource (a storage account, Graph, …) is refused, as ARM does.
+    let aud = claims.aud.trim_end_matches('/');
+    if !aud.eq_ignore_ascii_case(base) && !ARM_AUDIENCES.iter().any(|a| aud.eq_ignore_ascii_case(a))
+    {
+        return Err(Box::new(unauthorized(
+            base,
+            tenant,
+            "InvalidAuthenticationTokenAudience",
+            format!(
+                "The access token has been obtained for wrong audience or resource '{}'. It should exactly match with one of the allowed audiences '{base}/', '{}/'.",
+                claims.aud,
+                ARM_AUDIENCES.join("/', '")
+            ),
+        )));
+    }
+    Ok(claims)
 }
 
 /// An Azure AD error (`{"error": "invalid_client", "error_description": "AADSTS…"}`).
@@ -439,7 +488,10 @@ struct Purchase {
 }
 
 impl Purchase {
-    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    /// Parses a `PurchaseRequest`. `strict_names` (realism): refuse what ARM might normalise
+    /// — a location not in canonical form, `billingScopeId` not spelled `/subscriptions/<guid>`
+    /// — instead of normalising it.
+    fn parse(body: &[u8], strict_names: bool) -> Result<Self, ApiError> {
         let invalid = |m: String| bad_request("InvalidRequestContent", m);
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             invalid(format!(
@@ -461,17 +513,38 @@ impl Purchase {
             invalid("The request content is missing the required property 'properties'.".into())
         })?;
         let sku = text(value.get("sku").and_then(|s| s.get("name")), "sku.name")?;
-        let location = text(value.get("location"), "location")?
-            .to_ascii_lowercase()
-            .replace(' ', "");
+        let given_location = text(value.get("location"), "location")?;
+        // ARM's RPC guidance has providers accept "West Europe" for `westeurope`; strict mode
+        // does not, so a worker that sends anything but the canonical name is caught.
+        let location = given_location.to_ascii_lowercase().replace(' ', "");
+        if strict_names && location != given_location {
+            return Err(bad_request(
+                "InvalidLocationId",
+                format!(
+                    "The location '{given_location}' is not in canonical form (e.g. 'westeurope')."
+                ),
+            ));
+        }
         let reserved_resource_type = text(
             props.get("reservedResourceType"),
             "properties.reservedResourceType",
         )?;
+        if !RESERVED_RESOURCE_TYPES
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&reserved_resource_type))
+        {
+            return Err(invalid(format!(
+                "The reserved resource type '{reserved_resource_type}' is not supported."
+            )));
+        }
         let billing_scope_id = text(props.get("billingScopeId"), "properties.billingScopeId")?;
         let subscription = billing_scope_id
             .strip_prefix("/subscriptions/")
-            .or_else(|| billing_scope_id.strip_prefix("/Subscriptions/"))
+            .or_else(|| {
+                (!strict_names)
+                    .then(|| billing_scope_id.strip_prefix("/Subscriptions/"))
+                    .flatten()
+            })
             .filter(|s| !s.is_empty() && !s.contains('/'))
             .ok_or_else(|| {
                 bad_request(
@@ -605,7 +678,7 @@ fn price_json(currency: &str, amount: f64) -> Value {
 }
 
 fn calculate_price(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
-    let purchase = Purchase::parse(body)?;
+    let purchase = Purchase::parse(body, ctx.shared.realism().azure_strict_names)?;
     let (total, currency) = purchase.price(ctx)?;
     let months = purchase.months();
     let installment = round2(total / f64::from(months));
@@ -664,7 +737,9 @@ fn calculate_price(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
             "reservationOrderId": order_id,
             "skuTitle": format!("Reserved {}, {}, {}, {years} Year", purchase.reserved_resource_type, purchase.sku, purchase.location),
             "skuDescription": purchase.sku,
-            "pricingCurrencyTotal": price_json(&currency, total),
+            // For a monthly plan, one instalment, as in the spec's CalculateReservationOrder
+            // example; the whole term is the payment schedule's sum.
+            "pricingCurrencyTotal": price_json(&currency, due_now),
             "paymentSchedule": schedule,
         }
     }))
@@ -676,7 +751,8 @@ fn order_url(base: &str, id: &str, suffix: &str) -> String {
 }
 
 fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Response, ApiError> {
-    let request = Purchase::parse(body)?;
+    let realism = ctx.shared.realism();
+    let request = Purchase::parse(body, realism.azure_strict_names)?;
     let id = id.to_ascii_lowercase();
     // One lock for "already bought?", "minted and fresh?" and the insert: N concurrent PUTs of
     // one ID make one order.
@@ -686,6 +762,11 @@ fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Respon
         .iter()
         .any(|c| c.provider == Provider::Azure && c.id == id)
     {
+        // Nothing documents which answer a consumed order ID gets; realism gives the one that
+        // tempts a client to re-quote.
+        if realism.azure_reput_session_timeout {
+            return Err(bad_request("BadRequest", SESSION_TIMED_OUT));
+        }
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "ReservationOrderIdAlreadyExists",
@@ -715,6 +796,8 @@ fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Respon
     let final_state = match &ctx.provisioning_failure {
         None => "Succeeded".to_string(),
         Some(None) => "Failed".to_string(),
+        // Realism's payment failure, spelled the Azure way.
+        Some(Some(state)) if state == "payment-failed" => "BillingFailed".to_string(),
         Some(Some(state)) => state.clone(),
     };
     let order = Commitment {
@@ -729,6 +812,7 @@ fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Respon
         product: None,
         offering_class: None,
         multi_az: None,
+        zone: None,
         count: request.quantity,
         duration_seconds: request.duration_seconds(),
         payment: request.billing_plan.clone(),
@@ -759,6 +843,13 @@ fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Respon
     drop(store);
     tracing::info!(order.id = %id, sku = %request.sku, quantity = request.quantity, subscription = %request.subscription, "Azure reservation order purchased");
 
+    if realism.azure_put_in_progress_200 {
+        // The ARM PUT pattern: 200 with a non-terminal provisioningState; the client polls the
+        // resource until it is terminal.
+        return Ok((StatusCode::OK, axum::Json(order_json(ctx, &order, false))).into_response());
+    }
+    // The spec's pattern for this operation: 202 with `Location` (final-state-via: location)
+    // and `Retry-After`, no `Azure-AsyncOperation`.
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(order_json(ctx, &order, false)),
@@ -768,10 +859,6 @@ fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Respon
     let retry_after = ((delay.num_milliseconds().max(0) + 999) / 1000).to_string();
     for (name, value) in [
         ("location", order_url(&ctx.base, &id, "/operationResults")),
-        (
-            "azure-asyncoperation",
-            order_url(&ctx.base, &id, "/operationStatus"),
-        ),
         ("retry-after", retry_after),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
@@ -822,14 +909,19 @@ fn order_json(ctx: &Ctx<'_>, c: &Commitment, with_schedule: bool) -> Value {
 }
 
 /// The order with this ID visible to `tenant`.
+/// Realism's eventual consistency applies: a fresh order is not found yet (ARM documents that a
+/// resource being created may answer 404 until its creation completes).
 fn find_order(ctx: &Ctx<'_>, tenant: &str, id: &str) -> Result<Commitment, ApiError> {
     let id = id.to_ascii_lowercase();
-    ctx.shared
+    let found = ctx
+        .shared
         .store()
         .commitments
         .iter()
         .find(|c| c.id == id && matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
-        .cloned()
+        .cloned();
+    found
+        .filter(|c| ctx.shared.visible(c, ctx.now))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -864,12 +956,16 @@ fn list_orders(ctx: &Ctx<'_>, tenant: &str, lookup_empty: bool) -> Result<Respon
     let orders: Vec<Commitment> = if lookup_empty {
         Vec::new()
     } else {
-        ctx.shared
+        let all: Vec<Commitment> = ctx
+            .shared
             .store()
             .commitments
             .iter()
             .filter(|c| matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
             .cloned()
+            .collect();
+        all.into_iter()
+            .filter(|c| ctx.shared.visible(c, ctx.now))
             .collect()
     };
     let start = match ctx.query.get("$skiptoken") {
@@ -1010,6 +1106,5 @@ mod tests {
         assert_eq!(azure_service("SqlDatabases"), "sql-database");
         assert_eq!(azure_service("RedisCache"), "redis-cache");
         assert_eq!(azure_service("CosmosDb"), "cosmos-db");
-        assert_eq!(azure_service("SearchService"), "search");
     }
 }

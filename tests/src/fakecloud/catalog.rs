@@ -16,7 +16,7 @@
 //! | OpenSearch | m6g.large.search, r6g.large.search, c6g.large.search | — |
 //! | Redshift | dc2.large, ra3.xlplus, ra3.4xlarge | — |
 //! | Savings Plans | Compute; EC2Instance m5/c5/r5 in us-east-1, us-west-2, eu-west-1; SageMaker | USD |
-//! | Azure (P1Y, P3Y) | VirtualMachines Standard_B2s/D2s_v5/D4s_v5/E2s_v5, SqlDatabases SQLDB_GP/BC_Compute_Gen5, RedisCache Premium_P1/P2, CosmosDb Cosmos_DB_100_RU_S, SearchService Standard_S1/S2 | any location |
+//! | Azure (P1Y, P3Y) | VirtualMachines Standard_B2s/D2s_v5/D4s_v5/E2s_v5, SqlDatabases SQLDB_GP/BC_Compute_Gen5, RedisCache Premium_P1/P2, CosmosDb Cosmos_DB_100_RU_S | any location |
 //!
 //! A reservation costs the on-demand rate × a discount (1 y: 60/62/66 %, 3 y: 40/42/46 % for
 //! All/Partial/No Upfront; convertible +15 %) × the term's hours, split into upfront and hourly
@@ -205,7 +205,12 @@ pub struct Offer<'a> {
     pub region: String,
     /// The catalog entry.
     pub offering: &'a ReservationOffering,
+    /// EC2: the Availability Zone of a zonal offering (`None`: regional).
+    pub zone: Option<String>,
 }
+
+/// The Availability Zones fakecloud sells zonal EC2 offerings in: `<region>a`, `b`, `c`.
+pub const ZONE_SUFFIXES: [&str; 3] = ["a", "b", "c"];
 
 impl Catalog {
     /// Loads a catalog from a JSON file (missing sections are empty).
@@ -230,21 +235,37 @@ impl Catalog {
         }
     }
 
-    /// The offerings of `service` sold in `region`, in catalog order.
+    /// The offerings of `service` sold in `region`, in catalog order. For EC2, each regional
+    /// offering is followed by one zonal offering per Availability Zone at the same price, as
+    /// `DescribeReservedInstancesOfferings` lists them when no zone is asked for (the model's
+    /// `scope` is `Region | Availability Zone`).
     pub fn offers(&self, service: AwsService, region: &str) -> Vec<Offer<'_>> {
-        self.reservations(service)
-            .iter()
-            .filter(|o| {
-                o.regions
-                    .as_ref()
-                    .is_none_or(|r| r.iter().any(|x| x == region))
-            })
-            .map(|o| Offer {
-                id: offering_id(service, region, o),
+        let mut offers = Vec::new();
+        for o in self.reservations(service).iter().filter(|o| {
+            o.regions
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|x| x == region))
+        }) {
+            let id = offering_id(service, region, o);
+            offers.push(Offer {
+                id: id.clone(),
                 region: region.to_string(),
                 offering: o,
-            })
-            .collect()
+                zone: None,
+            });
+            if service == AwsService::Ec2 {
+                for suffix in ZONE_SUFFIXES {
+                    let zone = format!("{region}{suffix}");
+                    offers.push(Offer {
+                        id: derived_id(&[&id, &zone]),
+                        region: region.to_string(),
+                        offering: o,
+                        zone: Some(zone),
+                    });
+                }
+            }
+        }
+        offers
     }
 
     /// The offering with this ID in `region`.
@@ -493,30 +514,49 @@ fn simple_offerings(types: &[(&str, f64)], products: &[(&str, f64)]) -> Vec<Rese
 
 fn savings_plan_offerings() -> Vec<SavingsPlanOffering> {
     let mut out = Vec::new();
-    let mut push =
-        |plan_type: &str, family: Option<&str>, region: Option<&str>, products: &[&str]| {
-            for duration in [ONE_YEAR, THREE_YEARS] {
-                for payment in PaymentOption::ALL {
-                    out.push(SavingsPlanOffering {
-                        plan_type: plan_type.to_string(),
-                        payment_option: payment,
-                        duration_seconds: duration,
-                        currency: usd(),
-                        instance_family: family.map(str::to_string),
-                        region: region.map(str::to_string),
-                        product_types: products.iter().map(|p| p.to_string()).collect(),
-                        id: None,
-                    });
-                }
+    let mut push = |plan_type: &str,
+                    family: Option<&str>,
+                    region: Option<&str>,
+                    products: &[&str],
+                    currency: &str| {
+        for duration in [ONE_YEAR, THREE_YEARS] {
+            for payment in PaymentOption::ALL {
+                out.push(SavingsPlanOffering {
+                    plan_type: plan_type.to_string(),
+                    payment_option: payment,
+                    duration_seconds: duration,
+                    currency: currency.to_string(),
+                    instance_family: family.map(str::to_string),
+                    region: region.map(str::to_string),
+                    product_types: products.iter().map(|p| p.to_string()).collect(),
+                    id: None,
+                });
             }
-        };
-    push("Compute", None, None, &["EC2", "Fargate", "Lambda"]);
+        }
+    };
+    // Every currency of the model's `CurrencyCode` (CNY, USD, EUR) is sold; buyonce asks for USD.
+    for currency in ["USD", "EUR", "CNY"] {
+        push(
+            "Compute",
+            None,
+            None,
+            &["EC2", "Fargate", "Lambda"],
+            currency,
+        );
+    }
     for region in ["us-east-1", "us-west-2", "eu-west-1"] {
         for family in ["m5", "c5", "r5"] {
-            push("EC2Instance", Some(family), Some(region), &["EC2"]);
+            push("EC2Instance", Some(family), Some(region), &["EC2"], "USD");
         }
     }
-    push("SageMaker", None, None, &["SageMaker"]);
+    push("SageMaker", None, None, &["SageMaker"], "USD");
+    push(
+        "Database",
+        None,
+        None,
+        &["RDS", "DynamoDB", "ElastiCache", "DocDB", "Neptune"],
+        "USD",
+    );
     out
 }
 
@@ -531,8 +571,6 @@ fn azure_skus() -> Vec<AzureSku> {
         ("RedisCache", "Premium_P1", 0.555),
         ("RedisCache", "Premium_P2", 1.11),
         ("CosmosDb", "Cosmos_DB_100_RU_S", 0.008),
-        ("SearchService", "Standard_S1", 0.336),
-        ("SearchService", "Standard_S2", 1.344),
     ];
     let mut out = Vec::new();
     for (resource_type, sku, hourly) in skus {
@@ -555,11 +593,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_ec2_worker_query_matches_exactly_one_offering() {
+    fn every_ec2_worker_query_matches_one_regional_and_one_offering_per_zone() {
         let catalog = Catalog::builtin();
         let offers = catalog.offers(AwsService::Ec2, "us-east-1");
         for o in &offers {
-            let same = offers
+            let same: Vec<&Offer<'_>> = offers
                 .iter()
                 .filter(|x| {
                     x.offering.resource_type == o.offering.resource_type
@@ -568,8 +606,9 @@ mod tests {
                         && x.offering.payment_option == o.offering.payment_option
                         && x.offering.duration_seconds == o.offering.duration_seconds
                 })
-                .count();
-            assert_eq!(same, 1);
+                .collect();
+            assert_eq!(same.len(), 1 + ZONE_SUFFIXES.len());
+            assert_eq!(same.iter().filter(|x| x.zone.is_none()).count(), 1);
         }
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::catalog::Catalog;
 use super::faults::Faults;
+use super::realism::Realism;
 
 /// Default AWS access key ID and secret (`test` / `test`, as other local AWS emulators use).
 pub const DEFAULT_ACCESS_KEY: &str = "test";
@@ -66,6 +67,8 @@ pub struct FakeCloudConfig {
     pub azure_page_size: usize,
     /// EC2 tag key reported as the ledger's idempotency handle.
     pub idempotency_tag_key: String,
+    /// How pessimistic to be about undocumented provider behaviour (default: friendly).
+    pub realism: Realism,
 }
 
 impl Default for FakeCloudConfig {
@@ -89,6 +92,7 @@ impl Default for FakeCloudConfig {
             token_lifetime: Duration::from_secs(3600),
             azure_page_size: 20,
             idempotency_tag_key: DEFAULT_IDEMPOTENCY_TAG_KEY.to_string(),
+            realism: Realism::friendly(),
         }
     }
 }

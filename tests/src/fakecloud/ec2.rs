@@ -113,11 +113,34 @@ fn offer_matches_filter(offer: &Offer<'_>, filter: &Filter) -> Result<bool, ApiE
         "fixed-price" => same_price(v, o.fixed_price),
         "usage-price" => same_price(v, o.usage_price),
         "reserved-instances-offering-id" => any_value(v, &offer.id),
-        "scope" => any_value(v, "Region"),
+        "scope" => any_value(v, scope(offer.zone.as_deref())),
         "marketplace" => any_value(v, "false"),
-        "availability-zone" | "availability-zone-id" => false,
+        "availability-zone" => offer.zone.as_ref().is_some_and(|z| any_value(v, z)),
+        "availability-zone-id" => offer
+            .zone
+            .as_ref()
+            .is_some_and(|z| any_value(v, &zone_id(z))),
         other => return Err(invalid(format!("The filter '{other}' is invalid"))),
     })
+}
+
+/// The `scope` EC2 reports for a reservation in `zone` (`None`: regional).
+fn scope(zone: Option<&str>) -> &'static str {
+    if zone.is_some() {
+        "Availability Zone"
+    } else {
+        "Region"
+    }
+}
+
+/// A zone ID for a zone name (`us-east-1a` → `use1-az1`-like, stable).
+fn zone_id(zone: &str) -> String {
+    let letter = zone.chars().last().unwrap_or('a');
+    let prefix: String = zone
+        .split('-')
+        .map(|p| p.chars().next().unwrap_or('x'))
+        .collect();
+    format!("{prefix}-az{}", (letter as u8).saturating_sub(b'a') + 1)
 }
 
 fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
@@ -151,16 +174,28 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
             return Err(invalid(format!("Invalid value '{ty}' for OfferingType")));
         }
     }
-    // AZ-scoped offerings are not emulated: asking for one finds none, as asking for a tenancy
-    // the catalog does not sell does.
-    let az_scoped = p.get("AvailabilityZone").is_some() || p.get("AvailabilityZoneId").is_some();
+    // With an Availability Zone, only that zone's offerings; without, the regional offering and
+    // every zonal one.
+    let zone_wanted = p.get("AvailabilityZone");
+    let zone_id_wanted = p.get("AvailabilityZoneId");
+    if zone_wanted.is_some() && zone_id_wanted.is_some() {
+        return Err(invalid(
+            "Either AvailabilityZone or AvailabilityZoneId can be specified, but not both",
+        ));
+    }
     let tenancy_ok = p.get("InstanceTenancy").is_none_or(|t| t == "default");
     dry_run(p)?;
 
     let mut selected = Vec::new();
     for offer in call.shared.catalog.offers(AwsService::Ec2, call.region) {
         let o = offer.offering;
-        let keep = !az_scoped
+        let zone = offer.zone.as_deref();
+        let zone_ok = match (zone_wanted, zone_id_wanted) {
+            (Some(z), _) => zone == Some(z),
+            (_, Some(id)) => zone.is_some_and(|z| zone_id(z) == id),
+            (None, None) => true,
+        };
+        let keep = zone_ok
             && tenancy_ok
             && (ids.is_empty() || ids.contains(&offer.id))
             && p.get("InstanceType").is_none_or(|v| v == o.resource_type)
@@ -180,10 +215,14 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
             selected.push(offer);
         }
     }
-    let (page, next) =
-        paginate(selected, p.get("NextToken"), page_size as usize).map_err(|_| {
-            ApiError::bad_request("InvalidPaginationToken", "The pagination token is invalid")
-        })?;
+    let (page, next) = paginate(
+        selected,
+        p.get("NextToken"),
+        call.page_size(page_size as usize),
+    )
+    .map_err(|_| {
+        ApiError::bad_request("InvalidPaginationToken", "The pagination token is invalid")
+    })?;
     Ok(respond(call, |w| {
         w.elem("reservedInstancesOfferingsSet", |w| {
             for offer in &page {
@@ -202,7 +241,12 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
                     w.leaf("marketplace", "false");
                     w.elem("pricingDetailsSet", |_| {});
                     w.opt_leaf("offeringClass", o.offering_class.as_deref());
-                    w.leaf("scope", "Region");
+                    w.leaf("scope", scope(offer.zone.as_deref()));
+                    w.opt_leaf("availabilityZone", offer.zone.as_deref());
+                    w.opt_leaf(
+                        "availabilityZoneId",
+                        offer.zone.as_deref().map(zone_id).as_deref(),
+                    );
                 });
             }
         });
@@ -299,11 +343,12 @@ fn ri_matches_filter(ri: &Commitment, state: &str, filter: &Filter) -> Result<bo
         "duration" => any_value(v, &ri.duration_seconds.to_string()),
         "fixed-price" => same_price(v, ri.unit_fixed),
         "usage-price" => same_price(v, ri.unit_usage),
-        "scope" => any_value(v, "Region"),
+        "scope" => any_value(v, scope(ri.zone.as_deref())),
         "start" => any_value(v, &timestamp(ri.created_at)),
         "end" => any_value(v, &timestamp(ri.end())),
         "tag-key" => ri.tags.keys().any(|k| any_value(v, k)),
-        "availability-zone" => false,
+        "availability-zone" => ri.zone.as_ref().is_some_and(|z| any_value(v, z)),
+        "availability-zone-id" => ri.zone.as_ref().is_some_and(|z| any_value(v, &zone_id(z))),
         name => match name.strip_prefix("tag:") {
             Some(key) => ri.tags.get(key).is_some_and(|value| any_value(v, value)),
             None => return Err(invalid(format!("The filter '{name}' is invalid"))),
@@ -318,7 +363,11 @@ fn describe_reserved_instances(call: &Call<'_>) -> Result<Response, ApiError> {
     dry_run(p)?;
     let store = call.shared.store();
     let mut selected = Vec::new();
-    for ri in store.scoped("ec2", call.account(), call.region) {
+    // Eventual consistency (realism): a fresh RI is not listed yet.
+    for ri in store
+        .scoped("ec2", call.account(), call.region)
+        .filter(|ri| call.visible(ri))
+    {
         // Queued RIs are listed too, with state `queued`, as AWS does.
         let state = ri.state_at(call.now);
         let keep = (ids.is_empty() || ids.contains(&ri.id))
@@ -364,7 +413,12 @@ fn describe_reserved_instances(call: &Call<'_>) -> Result<Response, ApiError> {
                     w.leaf("offeringType", &ri.payment);
                     recurring_charges(w, ri.unit_recurring);
                     w.opt_leaf("offeringClass", ri.offering_class.as_deref());
-                    w.leaf("scope", "Region");
+                    w.leaf("scope", scope(ri.zone.as_deref()));
+                    w.opt_leaf("availabilityZone", ri.zone.as_deref());
+                    w.opt_leaf(
+                        "availabilityZoneId",
+                        ri.zone.as_deref().map(zone_id).as_deref(),
+                    );
                 });
             }
         });
@@ -403,7 +457,12 @@ fn create_tags(call: &Call<'_>) -> Result<Response, ApiError> {
     let mut store = call.shared.store();
     let (account, region) = (call.account(), call.region);
     for id in &resources {
-        let Some(ri) = store.scoped("ec2", account, region).find(|c| &c.id == id) else {
+        // A fresh RI is not found by CreateTags until it is visible (realism), as EC2 documents
+        // for resources it has just created.
+        let Some(ri) = store
+            .scoped("ec2", account, region)
+            .find(|c| &c.id == id && call.visible(c))
+        else {
             return Err(ApiError::bad_request(
                 "InvalidID",
                 format!("The ID '{id}' is not valid"),

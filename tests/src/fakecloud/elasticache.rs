@@ -119,8 +119,8 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
             return Err(offering_not_found(id));
         }
     }
-    let (page, marker) =
-        paginate(offers, p.get("Marker"), page_size).map_err(|_| invalid("Invalid marker"))?;
+    let (page, marker) = paginate(offers, p.get("Marker"), call.page_size(page_size))
+        .map_err(|_| invalid("Invalid marker"))?;
     Ok(query_success(
         AwsService::ElastiCache,
         call.operation,
@@ -264,6 +264,8 @@ fn describe(call: &Call<'_>) -> Result<Response, ApiError> {
     if call.faults.lookup_empty {
         found.clear();
     }
+    // Eventual consistency (realism): a fresh reservation is not listed yet.
+    found.retain(|r| call.visible(r));
     if let Some(id) = id {
         if found.is_empty() {
             return Err(ApiError::new(
@@ -273,8 +275,8 @@ fn describe(call: &Call<'_>) -> Result<Response, ApiError> {
             ));
         }
     }
-    let (page, marker) =
-        paginate(found, p.get("Marker"), page_size).map_err(|_| invalid("Invalid marker"))?;
+    let (page, marker) = paginate(found, p.get("Marker"), call.page_size(page_size))
+        .map_err(|_| invalid("Invalid marker"))?;
     Ok(query_success(
         AwsService::ElastiCache,
         call.operation,

@@ -390,7 +390,7 @@ fn applies(action: &FaultAction, kind: OpKind) -> bool {
 }
 
 /// A uniform number in `[0, 1)` from `(seed, rule, n)`: splitmix64, stable across Rust versions.
-fn roll(seed: u64, rule: u64, n: u64) -> f64 {
+pub(crate) fn roll(seed: u64, rule: u64, n: u64) -> f64 {
     let mut z =
         seed ^ rule.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -163,6 +163,8 @@ pub struct Commitment {
     pub offering_class: Option<String>,
     /// RDS Multi-AZ.
     pub multi_az: Option<bool>,
+    /// EC2: the Availability Zone of a zonal RI (`None`: regional).
+    pub zone: Option<String>,
     /// Units.
     pub count: u32,
     /// Term in seconds.

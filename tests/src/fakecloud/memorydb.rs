@@ -95,8 +95,12 @@ fn describe_offerings(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiEr
             return Err(offering_not_found(id));
         }
     }
-    let (page, next) = paginate(offers, input.string("NextToken")?, page_size)
-        .map_err(|_| input.invalid("Invalid NextToken"))?;
+    let (page, next) = paginate(
+        offers,
+        input.string("NextToken")?,
+        call.page_size(page_size),
+    )
+    .map_err(|_| input.invalid("Invalid NextToken"))?;
     let items: Vec<Value> = page
         .iter()
         .map(|offer| {
@@ -213,6 +217,8 @@ fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     if call.faults.lookup_empty {
         found.clear();
     }
+    // Eventual consistency (realism): a fresh reservation is not listed yet.
+    found.retain(|r| call.visible(r));
     if let Some(id) = id {
         if found.is_empty() {
             return Err(ApiError::bad_request(
@@ -221,7 +227,7 @@ fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
             ));
         }
     }
-    let (page, next) = paginate(found, input.string("NextToken")?, page_size)
+    let (page, next) = paginate(found, input.string("NextToken")?, call.page_size(page_size))
         .map_err(|_| input.invalid("Invalid NextToken"))?;
     let items: Vec<Value> = page.iter().map(|r| reserved_node(call, r)).collect();
     Ok(json!({ "ReservedNodes": items, "NextToken": next }))

@@ -48,6 +48,7 @@ mod memorydb;
 mod opensearch;
 mod protocol;
 mod rds;
+pub mod realism;
 mod redshift;
 mod savingsplans;
 pub mod sdk;
@@ -75,6 +76,7 @@ pub use config::{
 pub use faults::{CommitFailure, FaultAction, FaultRule, Faults, InjectedError, LookupFailureMode};
 pub use ledger::{LedgerEntry, LedgerPrice};
 pub use protocol::AwsService;
+pub use realism::Realism;
 
 /// A running fakecloud. Dropping it stops the server; [`FakeCloud::shutdown`] also waits for it.
 #[derive(Debug)]
@@ -152,6 +154,16 @@ impl FakeCloud {
             .get(operation)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The realism knobs now.
+    pub fn realism(&self) -> Realism {
+        self.shared.realism()
+    }
+
+    /// Replaces the realism knobs (see [`Realism`]).
+    pub fn set_realism(&self, realism: Realism) {
+        self.shared.set_realism(realism);
     }
 
     /// Replaces the faults (and restarts their counters).

@@ -36,6 +36,14 @@ pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
     ))
 }
 
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 fn validation(message: String) -> ApiError {
     ApiError::bad_request("ValidationException", message)
 }
@@ -79,8 +87,12 @@ fn describe_offerings(call: &Call<'_>) -> Result<Value, ApiError> {
             )));
         }
     }
-    let (page, next) = paginate(offers, call.params.get("nextToken"), page_size)
-        .map_err(|_| validation("Invalid nextToken".into()))?;
+    let (page, next) = paginate(
+        offers,
+        call.params.get("nextToken"),
+        call.page_size(page_size),
+    )
+    .map_err(|_| validation("Invalid nextToken".into()))?;
     let items: Vec<Value> = page
         .iter()
         .map(|offer| {
@@ -106,6 +118,12 @@ fn purchase(call: &Call<'_>) -> Result<Value, ApiError> {
         .string("ReservedInstanceOfferingId")?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| validation("ReservedInstanceOfferingId is required".into()))?;
+    // The model's `GUID` shape: 36 characters, 8-4-4-4-12 hex digits.
+    if !is_guid(offering_id) {
+        return Err(validation(format!(
+            "1 validation error detected: Value '{offering_id}' at 'reservedInstanceOfferingId' failed to satisfy constraint: Member must satisfy regular expression pattern: \\p{{XDigit}}{{8}}-\\p{{XDigit}}{{4}}-\\p{{XDigit}}{{4}}-\\p{{XDigit}}{{4}}-\\p{{XDigit}}{{12}}"
+        )));
+    }
     let name = input.string("ReservationName")?.unwrap_or_default();
     let length = name.chars().count();
     if !(5..=64).contains(&length) {
@@ -129,10 +147,14 @@ fn purchase(call: &Call<'_>) -> Result<Value, ApiError> {
         })?;
 
     // Check and insert under one lock: concurrent purchases with one name create one reservation.
+    // Realism: the model does not say names are unique; in that mode a second reservation
+    // under a name in use is sold like the first.
+    let names_unique = !call.shared.realism().opensearch_duplicate_names;
     let mut store = call.shared.store();
-    if store
-        .scoped("opensearch", call.account(), call.region)
-        .any(|c| c.handle.as_deref() == Some(name))
+    if names_unique
+        && store
+            .scoped("opensearch", call.account(), call.region)
+            .any(|c| c.handle.as_deref() == Some(name))
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -172,13 +194,19 @@ fn describe(call: &Call<'_>) -> Result<Value, ApiError> {
     if call.faults.lookup_empty {
         found.clear();
     }
+    // Eventual consistency (realism): a fresh reservation is not listed yet.
+    found.retain(|r| call.visible(r));
     if let Some(id) = id {
         if found.is_empty() {
             return Err(not_found(format!("Reserved instance {id} not found")));
         }
     }
-    let (page, next) = paginate(found, call.params.get("nextToken"), page_size)
-        .map_err(|_| validation("Invalid nextToken".into()))?;
+    let (page, next) = paginate(
+        found,
+        call.params.get("nextToken"),
+        call.page_size(page_size),
+    )
+    .map_err(|_| validation("Invalid nextToken".into()))?;
     let items: Vec<Value> = page
         .iter()
         .map(|r| {

@@ -56,9 +56,22 @@ fn service_code(plan_type: &str) -> &'static str {
     match plan_type {
         "EC2Instance" => "EC2InstanceSavingsPlans",
         "SageMaker" => "MachineLearningSavingsPlans",
+        "Database" => "DatabaseSavingsPlans",
         _ => "ComputeSavingsPlans",
     }
 }
+
+/// `SavingsPlanState` in the model.
+const STATES: [&str; 8] = [
+    "payment-pending",
+    "payment-failed",
+    "active",
+    "retired",
+    "queued",
+    "queued-deleted",
+    "pending-return",
+    "returned",
+];
 
 fn description(o: &SavingsPlanOffering) -> String {
     let family = o
@@ -134,7 +147,7 @@ fn describe_offerings(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiEr
         "paymentOptions",
         &["All Upfront", "Partial Upfront", "No Upfront"],
     )?;
-    let currencies = check_values(input, "currencies", &["CNY", "USD"])?;
+    let currencies = check_values(input, "currencies", &["CNY", "USD", "EUR"])?;
     let product_type = input.string("productType")?;
     let service_codes = input.strings("serviceCodes")?;
     let durations: Vec<i64> = match input.value("durations") {
@@ -178,8 +191,12 @@ fn describe_offerings(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiEr
                 })
         })
         .collect();
-    let (page, next) = paginate(offers, input.string("nextToken")?, page_size)
-        .map_err(|_| input.invalid("Invalid nextToken"))?;
+    let (page, next) = paginate(
+        offers,
+        input.string("nextToken")?,
+        call.page_size(page_size),
+    )
+    .map_err(|_| input.invalid("Invalid nextToken"))?;
     let items: Vec<Value> = page
         .iter()
         .map(|(id, o)| {
@@ -193,6 +210,7 @@ fn describe_offerings(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiEr
             let usage_prefix = match o.plan_type.as_str() {
                 "EC2Instance" => format!("EC2InstanceSP:{}.", o.instance_family.as_deref().unwrap_or_default()),
                 "SageMaker" => "SageMakerSP:".to_string(),
+                "Database" => "DatabaseSP:".to_string(),
                 _ => "ComputeSP:".to_string(),
             };
             json!({
@@ -282,8 +300,12 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     let total = commitment * hours;
     let upfront = match (offering.payment_option, upfront_text) {
         (PaymentOption::PartialUpfront, Some(text)) => {
-            let value = amount(text, 5)
-                .ok_or_else(|| input.invalid(format!("Invalid upfrontPaymentAmount {text}")))?;
+            // "A whole number between 50 and 99 percent of the total value" (API reference).
+            let value = amount(text, 0).ok_or_else(|| {
+                input.invalid(format!(
+                    "Invalid upfrontPaymentAmount {text}: a whole number is required"
+                ))
+            })?;
             if value < total * 0.5 - 1e-6 || value > total * 0.99 + 1e-6 {
                 return Err(input.invalid(format!(
                     "upfrontPaymentAmount {text} must be between 50 and 99 percent of the total value {total:.2}"
@@ -311,12 +333,16 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     );
 
     // Token lookup and insert under one lock: N concurrent creates with one token make one plan.
+    // Realism: AWS documents no retention for client tokens; a plan older than the TTL no
+    // longer dedupes.
+    let token_ttl = call.shared.realism().client_token_ttl;
     let mut store = call.shared.store();
     if let Some(token) = &client_token {
         let previous = store.commitments.iter().find(|c| {
             c.service == "savings-plans"
                 && c.account == call.account()
                 && c.handle.as_deref() == Some(token)
+                && token_ttl.is_none_or(|ttl| call.now < c.created_at + super::aws::to_delta(ttl))
         });
         if let Some(previous) = previous {
             return match &previous.detail {
@@ -347,6 +373,7 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
         product: None,
         offering_class: None,
         multi_az: None,
+        zone: None,
         count: 1,
         duration_seconds: offering.duration_seconds,
         payment: offering.payment_option.as_str().to_string(),
@@ -453,7 +480,7 @@ fn plan_matches(c: &Commitment, name: &str, values: &[String]) -> bool {
 fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     let ids = input.strings("savingsPlanIds")?;
     let arns = input.strings("savingsPlanArns")?;
-    let states = input.strings("states")?;
+    let states = check_values(input, "states", &STATES)?;
     let filters = name_values(input, "filters")?;
     let page_size = page_size(input)?;
     let mut found: Vec<Value> = {
@@ -462,6 +489,8 @@ fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
             .commitments
             .iter()
             .filter(|c| c.service == "savings-plans" && c.account == call.account())
+            // Eventual consistency (realism): a fresh plan is not listed yet.
+            .filter(|c| call.visible(c))
             .filter(|c| {
                 let arn = format!("arn:aws:savingsplans::{}:savingsplan/{}", c.account, c.id);
                 (ids.is_empty() || ids.contains(&c.id))
@@ -477,7 +506,7 @@ fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     if call.faults.lookup_empty {
         found.clear();
     }
-    let (page, next) = paginate(found, input.string("nextToken")?, page_size)
+    let (page, next) = paginate(found, input.string("nextToken")?, call.page_size(page_size))
         .map_err(|_| input.invalid("Invalid nextToken"))?;
     Ok(json!({ "savingsPlans": page, "nextToken": next }))
 }

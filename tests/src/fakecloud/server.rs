@@ -24,9 +24,10 @@ use tower::ServiceExt as _;
 
 use super::catalog::Catalog;
 use super::config::FakeCloudConfig;
-use super::faults::{Decision, FaultEngine, Faults, OpKind};
+use super::faults::{roll, CommitFailure, Decision, FaultEngine, Faults, OpKind};
 use super::identity::Identities;
-use super::ledger::{LedgerEntry, Store};
+use super::ledger::{Commitment, LedgerEntry, Store};
+use super::realism::Realism;
 use super::{admin, aws, azure};
 
 /// Largest request body accepted; the purchase APIs never come close.
@@ -45,6 +46,14 @@ pub struct Shared {
     pub identities: Identities,
     store: Mutex<Store>,
     faults: Mutex<FaultEngine>,
+    realism: Mutex<RealismState>,
+}
+
+/// The realism knobs and the counter behind their seeded decisions.
+#[derive(Debug)]
+struct RealismState {
+    realism: Realism,
+    purchases: u64,
 }
 
 impl Shared {
@@ -57,6 +66,10 @@ impl Shared {
             identities: Identities::new(key),
             store: Mutex::new(Store::new(config.seed)),
             faults: Mutex::new(FaultEngine::new(config.faults.clone(), config.seed)),
+            realism: Mutex::new(RealismState {
+                realism: config.realism.clone(),
+                purchases: 0,
+            }),
             config,
         }
     }
@@ -71,9 +84,52 @@ impl Shared {
         self.faults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides the faults of one call.
+    /// Decides the faults of one call: the fault rules, then for purchases the realism's
+    /// random losses and payment failures (seeded, so a run replays).
     pub fn decide(&self, operation: &str, kind: OpKind) -> Decision {
-        self.fault_engine().decide(operation, kind)
+        let mut decision = self.fault_engine().decide(operation, kind);
+        if kind == OpKind::Purchase {
+            let mut state = self.realism.lock().unwrap_or_else(|e| e.into_inner());
+            let n = state.purchases;
+            state.purchases += 1;
+            let seed = self.config.seed ^ 0x5EA1_1575;
+            if roll(seed, 1, n) < state.realism.lost_response_probability {
+                decision.commit_then_fail.get_or_insert(if n % 2 == 0 {
+                    CommitFailure::ServerError
+                } else {
+                    CommitFailure::DropConnection
+                });
+            }
+            if roll(seed, 2, n) < state.realism.payment_failed_probability {
+                decision
+                    .provisioning_failure
+                    .get_or_insert(Some("payment-failed".to_owned()));
+            }
+        }
+        decision
+    }
+
+    /// The realism knobs now.
+    pub fn realism(&self) -> Realism {
+        self.realism
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .realism
+            .clone()
+    }
+
+    /// Replaces the realism knobs.
+    pub fn set_realism(&self, realism: Realism) {
+        self.realism
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .realism = realism;
+    }
+
+    /// Whether lookups show `commitment` at `now` (see [`Realism::visibility_delay`]).
+    pub fn visible(&self, commitment: &Commitment, now: chrono::DateTime<Utc>) -> bool {
+        let delay = self.realism().visibility_delay;
+        now >= commitment.created_at + super::aws::to_delta(delay)
     }
 
     /// Replaces the faults and restarts their counters.

@@ -1,138 +1,120 @@
 //! ElastiCache reserved nodes: `ReservedCacheNodeId = reservation_id("ec-", token)`.
 //!
 //! Guard: describe by ID (`ReservedCacheNodeNotFound` → proceed, other failures → refuse).
-//! Backstop: HTTP 404 `ReservedCacheNodeAlreadyExists` → recover the existing reservation.
+//! Backstop: the model's `ReservedCacheNodeAlreadyExistsFault` ("You already have a reservation
+//! with the given identifier", HTTP 404) → recover the existing reservation. The flow is
+//! [`super::by_handle`].
 
 use async_trait::async_trait;
 use aws_sdk_elasticache::types::{ReservedCacheNode, Tag};
+use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::aws_errors::{classify, code, lookup_failed};
-use super::{
-    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PurchaseContext,
-    PurchaseError, PurchaseRequest, Purchased,
-};
+use super::aws_errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
+use super::{all_pages, required, PurchaseError};
 use crate::aws::{no_retry, AwsClients};
 
 const MAX_ID: usize = 60;
 
-pub struct ElastiCache {
-    aws: AwsClients,
-    offerings: OfferingCache<(String, f64)>,
-}
+/// The ElastiCache executor.
+pub type ElastiCache = ByHandle<ElastiCacheService>;
 
-impl ElastiCache {
-    pub fn new(aws: AwsClients) -> Self {
-        Self {
-            aws,
-            offerings: OfferingCache::default(),
-        }
-    }
-}
+pub struct ElastiCacheService;
 
-fn found(r: &ReservedCacheNode, how: How) -> Purchased {
-    Purchased {
-        commitment_id: r.reserved_cache_node_id().unwrap_or_default().to_owned(),
-        cost_usd: r
-            .fixed_price()
-            .map(|p| p * f64::from(r.cache_node_count().unwrap_or(1))),
-        how,
-        tag_pending: false,
-    }
-}
-
-async fn describe(
-    client: &aws_sdk_elasticache::Client,
-    id: &str,
-) -> Result<Option<ReservedCacheNode>, PurchaseError> {
-    match client
-        .describe_reserved_cache_nodes()
-        .reserved_cache_node_id(id)
-        .send()
-        .await
-    {
-        Ok(out) => Ok(out.reserved_cache_nodes().first().cloned()),
-        Err(e) if code(&e) == Some("ReservedCacheNodeNotFound") => Ok(None),
-        Err(e) => Err(lookup_failed("elasticache:DescribeReservedCacheNodes", &e)),
+fn reservation(r: &ReservedCacheNode) -> Reservation {
+    let count = r.cache_node_count();
+    Reservation {
+        id: r.reserved_cache_node_id().unwrap_or_default().to_owned(),
+        state: r.state().map(str::to_owned),
+        count,
+        cost_usd: r.fixed_price().map(|p| p * f64::from(count.unwrap_or(1))),
+        matches_recommendation: true,
     }
 }
 
 #[async_trait]
-impl Executor for ElastiCache {
-    async fn purchase(
-        &self,
-        req: &PurchaseRequest<'_>,
-        ctx: &dyn PurchaseContext,
-    ) -> Result<Purchased, PurchaseError> {
-        let rec = req.rec;
-        let region = required(&rec.region, "region")?;
-        let client = self.aws.elasticache(&rec.account, region).await?;
-        let id = req.token.reservation_id("ec-", MAX_ID);
-        let count = rec.units() as i32;
+impl HandleService for ElastiCacheService {
+    const NAME: &'static str = "elasticache";
+    const UNIQUE_HANDLE: bool = true;
+    type Client = aws_sdk_elasticache::Client;
 
-        if let Some(existing) = describe(&client, &id).await? {
-            return Ok(found(&existing, How::Guard));
+    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
+        aws.elasticache(&rec.account, required(&rec.region, "region")?)
+            .await
+    }
+
+    fn handle(token: &IdempotencyToken) -> Result<String, PurchaseError> {
+        Ok(token.reservation_id("ec-", MAX_ID))
+    }
+
+    async fn find(
+        client: &Self::Client,
+        handle: &str,
+        _rec: &Recommendation,
+    ) -> Result<Vec<Reservation>, PurchaseError> {
+        match client
+            .describe_reserved_cache_nodes()
+            .reserved_cache_node_id(handle)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.reserved_cache_nodes().iter().map(reservation).collect()),
+            Err(e) if code(&e) == Some("ReservedCacheNodeNotFound") => Ok(Vec::new()),
+            Err(e) => Err(lookup_failed("elasticache:DescribeReservedCacheNodes", &e)),
         }
+    }
 
-        let (offering_id, price) = self
-            .offerings
-            .get_or_try(offering_key(rec), || async {
-                let mut lookup = client.describe_reserved_cache_nodes_offerings();
-                match &rec.offering_id {
-                    Some(oid) => lookup = lookup.reserved_cache_nodes_offering_id(oid),
-                    None => {
-                        lookup = lookup
-                            .cache_node_type(required(&rec.resource_type, "resource_type")?)
-                            .duration(rec.term.seconds().to_string())
-                            .product_description(
-                                rec.engine.clone().unwrap_or_else(|| "redis".into()),
-                            )
-                            .offering_type(rec.payment.aws_offering_type())
-                    }
-                }
-                let offerings = all_pages(|marker| {
-                    let request = lookup.clone().set_marker(marker);
-                    async move {
-                        let out = request.send().await.map_err(|e| {
-                            lookup_failed("elasticache:DescribeReservedCacheNodesOfferings", &e)
-                        })?;
-                        let page = out
-                            .reserved_cache_nodes_offerings()
-                            .iter()
-                            .map(|o| {
-                                (
-                                    o.reserved_cache_nodes_offering_id()
-                                        .unwrap_or_default()
-                                        .to_owned(),
-                                    o.fixed_price().unwrap_or(0.0),
-                                )
-                            })
-                            .collect();
-                        Ok((page, out.marker().map(str::to_owned)))
-                    }
-                })
-                .await?;
-                exactly_one(offerings, &rec.describe())
-            })
-            .await?;
+    async fn offerings(
+        client: &Self::Client,
+        rec: &Recommendation,
+    ) -> Result<Vec<Offering>, PurchaseError> {
+        let mut lookup = client.describe_reserved_cache_nodes_offerings();
+        match &rec.offering_id {
+            Some(oid) => lookup = lookup.reserved_cache_nodes_offering_id(oid),
+            None => {
+                lookup = lookup
+                    .cache_node_type(required(&rec.resource_type, "resource_type")?)
+                    .duration(rec.term.seconds().to_string())
+                    .product_description(rec.engine.clone().unwrap_or_else(|| "redis".into()))
+                    .offering_type(rec.payment.aws_offering_type())
+            }
+        }
+        all_pages(|marker| {
+            let request = lookup.clone().set_marker(marker);
+            async move {
+                let out = request.send().await.map_err(|e| {
+                    offering_lookup_failed("elasticache:DescribeReservedCacheNodesOfferings", &e)
+                })?;
+                let page = out
+                    .reserved_cache_nodes_offerings()
+                    .iter()
+                    .map(|o| Offering {
+                        id: o
+                            .reserved_cache_nodes_offering_id()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        fixed_price: o.fixed_price().unwrap_or(0.0),
+                    })
+                    .collect();
+                Ok((page, out.marker().map(str::to_owned)))
+            }
+        })
+        .await
+    }
 
-        let upfront = price * f64::from(count);
-        ctx.authorize_spend(
-            upfront,
-            &format!("ElastiCache offering {offering_id} x{count}"),
-        )
-        .await?;
-
+    async fn buy(
+        client: &Self::Client,
+        offering: &Offering,
+        handle: &str,
+        count: i32,
+        (tag_key, token): (&str, &str),
+    ) -> Result<Bought, PurchaseError> {
         let result = client
             .purchase_reserved_cache_nodes_offering()
-            .reserved_cache_nodes_offering_id(&offering_id)
-            .reserved_cache_node_id(&id)
+            .reserved_cache_nodes_offering_id(&offering.id)
+            .reserved_cache_node_id(handle)
             .cache_node_count(count)
-            .tags(
-                Tag::builder()
-                    .key(ctx.tag_key())
-                    .value(req.token.as_str())
-                    .build(),
-            )
+            .tags(Tag::builder().key(tag_key).value(token).build())
             .customize()
             .config_override(
                 aws_sdk_elasticache::config::Builder::default().retry_config(no_retry()),
@@ -141,16 +123,18 @@ impl Executor for ElastiCache {
             .await;
         match result {
             Ok(out) => match out.reserved_cache_node() {
-                Some(r) => Ok(found(r, How::Purchased)),
-                None => Err(PurchaseError::transient("elasticache: purchase returned no reservation")),
-            },
-            Err(e) if code(&e) == Some("ReservedCacheNodeAlreadyExists") => match describe(&client, &id).await? {
-                Some(r) => Ok(found(&r, How::Recovered)),
-                None => Err(PurchaseError::transient(
-                    "elasticache: ReservedCacheNodeAlreadyExists but the reservation is not visible yet",
+                Some(r) => Ok(Bought::New(reservation(r))),
+                None => Err(PurchaseError::ambiguous(
+                    "elasticache: purchase answered without a reservation",
                 )),
             },
-            Err(e) => Err(classify("elasticache:PurchaseReservedCacheNodesOffering", &e)),
+            Err(e) if code(&e) == Some("ReservedCacheNodeAlreadyExists") => {
+                Ok(Bought::AlreadyExists)
+            }
+            Err(e) => Err(classify_purchase(
+                "elasticache:PurchaseReservedCacheNodesOffering",
+                &e,
+            )),
         }
     }
 }

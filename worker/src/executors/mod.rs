@@ -4,10 +4,19 @@
 //! a guard lookup first (a failed lookup refuses to buy), the purchase call with the token as the
 //! provider-visible handle, recovery of an `AlreadyExists`. Executors never retry a purchase call
 //! themselves (SDK retries are disabled for purchases): a possibly-committed purchase is retried
-//! only through the queue, and every retry starts with the guard.
+//! only through the queue, and every retry starts with the guard. A purchase call whose outcome
+//! is unknown is [`PurchaseError::Ambiguous`]; until the provider's settle window has passed, a
+//! later attempt that finds nothing waits ([`PurchaseContext::settle_gate`]) instead of buying:
+//! no provider documents that a new commitment is visible to its describe calls at once
+//! (`docs/provider-semantics.md`).
+//!
+//! Look-alike services share one flow: [`by_handle`] for reservations bought under a handle
+//! derived from the token (RDS, ElastiCache, MemoryDB, OpenSearch), [`snapshot`] for those
+//! without one (EC2, Redshift).
 
 pub mod aws_errors;
 pub mod azure;
+pub mod by_handle;
 pub mod ec2;
 pub mod elasticache;
 pub mod memorydb;
@@ -15,6 +24,7 @@ pub mod opensearch;
 pub mod rds;
 pub mod redshift;
 pub mod savings_plans;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +32,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use buyonce_shared::{IdempotencyToken, Recommendation, Service};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aws::AwsClients;
@@ -35,6 +46,8 @@ pub struct PurchaseRequest<'a> {
     pub rec_index: i32,
     /// What an earlier attempt saved before buying (Azure order ID, EC2/Redshift snapshot).
     pub intent: Option<&'a Value>,
+    /// Since when an earlier attempt's purchase call may have gone through unseen.
+    pub ambiguous_at: Option<DateTime<Utc>>,
 }
 
 /// How the commitment was obtained.
@@ -83,14 +96,27 @@ pub enum PermanentKind {
     Auth,
     /// Insufficient funds / billing refused.
     Funds,
+    /// The commitment carrying the token exists but is no longer live (payment failed,
+    /// retired, returned, cancelled): the token's handle is used up.
+    NotLive,
 }
 
 /// Why a purchase did not end in a commitment. The handler maps these to retry / dead letter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PurchaseError {
-    /// May succeed later (throttling, 5xx, timeout, network, failed guard lookup, lock busy).
-    /// The purchase may or may not have happened; the next attempt starts with the guard.
+    /// May succeed later (throttling, failed guard lookup, lock busy, a refused call): nothing
+    /// was bought by this attempt's purchase call, or none was made.
     Transient(String),
+    /// The purchase call's outcome is unknown (timeout, 5xx, dropped connection, a purchase
+    /// still provisioning): it may have bought. The next attempt starts with the guard and,
+    /// finding nothing, waits for the settle window before it could buy again.
+    Ambiguous(String),
+    /// An earlier attempt's purchase may still become visible: nothing found yet, so wait
+    /// until `until` and look again; do not count an attempt.
+    Settling {
+        until: DateTime<Utc>,
+        message: String,
+    },
     /// Will not succeed without a change; nothing was bought.
     Permanent {
         kind: PermanentKind,
@@ -114,12 +140,32 @@ impl PurchaseError {
             message: msg.into(),
         }
     }
+    pub fn ambiguous(msg: impl Into<String>) -> Self {
+        PurchaseError::Ambiguous(msg.into())
+    }
+
+    /// The message without the variant's prefix.
+    pub fn message(&self) -> String {
+        match self {
+            PurchaseError::Transient(m)
+            | PurchaseError::Ambiguous(m)
+            | PurchaseError::OverBudget(m)
+            | PurchaseError::DryRun(m)
+            | PurchaseError::Permanent { message: m, .. }
+            | PurchaseError::Settling { message: m, .. } => m.clone(),
+            PurchaseError::Paused => "fleet paused".into(),
+        }
+    }
 }
 
 impl fmt::Display for PurchaseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PurchaseError::Transient(m) => write!(f, "transient: {m}"),
+            PurchaseError::Ambiguous(m) => write!(f, "outcome unknown: {m}"),
+            PurchaseError::Settling { until, message } => {
+                write!(f, "settling until {}: {message}", until.to_rfc3339())
+            }
             PurchaseError::Permanent { kind, message } => {
                 write!(f, "permanent ({kind:?}): {message}")
             }
@@ -143,6 +189,11 @@ pub trait PurchaseContext: Send + Sync {
     /// purchase is recorded in Postgres (or has failed), so no other item can attribute the
     /// new commitment to itself in between.
     async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError>;
+    /// The last check before a purchase call that could buy a second time if an earlier
+    /// attempt's call went through unseen: `Err(Settling)` while the provider's settle window
+    /// since [`PurchaseRequest::ambiguous_at`] has not passed. Call it after the guard found
+    /// nothing.
+    fn settle_gate(&self) -> Result<(), PurchaseError>;
     /// Which of `commitment_ids` are already recorded in the ledger for another token.
     async fn attributed_elsewhere(
         &self,
@@ -177,6 +228,40 @@ pub trait Executor: Send + Sync {
     }
 }
 
+/// Whether a commitment found by its handle holds what was bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Bought and in force, or on its way (pending payment, queued, exchanging, or a state
+    /// we do not know: recorded as bought, the safe direction).
+    Live,
+    /// Bought once, but not in force any more or never: payment failed, retired, returned,
+    /// deleted from the queue.
+    Ended,
+}
+
+/// The AWS reservation states that mean "not (or no longer) in force". EC2
+/// (`ReservedInstanceState`) and Savings Plans (`SavingsPlanState`) enumerate their states in
+/// their botocore models and Redshift lists its in `ReservedNode.State`'s documentation; RDS,
+/// ElastiCache, MemoryDB and OpenSearch document none, so any state not named here counts as
+/// live.
+pub fn aws_liveness(state: Option<&str>) -> Liveness {
+    match state {
+        Some("payment-failed" | "retired" | "returned" | "queued-deleted") => Liveness::Ended,
+        _ => Liveness::Live,
+    }
+}
+
+/// The permanent error for a commitment that carries the token but is not live.
+pub fn ended_commitment(what: &str, id: &str, state: &str, advice: &str) -> PurchaseError {
+    PurchaseError::permanent(
+        PermanentKind::NotLive,
+        format!(
+            "{what} {id} carries this item's token but is {state}: nothing usable was bought and \
+             the token's handle is used up; {advice}"
+        ),
+    )
+}
+
 /// The executors by service: adding a service is one file and one line here.
 pub fn registry(
     aws: AwsClients,
@@ -203,12 +288,12 @@ pub fn registry(
     );
     map.insert(Service::Redshift, Arc::new(redshift::Redshift::new(aws)));
     if let Some(azure) = azure {
+        // `search` has no documented reservedResourceType (see azure::reserved_resource_type).
         for service in [
             Service::Vm,
             Service::SqlDatabase,
             Service::RedisCache,
             Service::CosmosDb,
-            Service::Search,
         ] {
             map.insert(
                 service,

@@ -1,34 +1,27 @@
 //! OpenSearch reserved instances: `ReservationName = "buyonce-" + 40 hex of the token`.
 //!
-//! Guard: list reservations (all pages) and match the name. Backstop: a duplicate name is
-//! answered with 409 `ResourceAlreadyExistsException` (other OpenSearch errors are 409 too, so
-//! the error type is matched, never the status) → recover by name. The SDK does not check the
-//! 5–64 character rule for names, so it is checked here.
+//! The model constrains the name to 5–64 characters (pattern `.*`) and says nothing about it
+//! being unique, so nothing here relies on that: the guard lists the reservations (all pages —
+//! the API cannot filter by name) and takes one only if it carries the name **and** the
+//! recommendation's instance type, term, payment option and count; after an ambiguous purchase
+//! call the settle gate keeps a retry from buying again until the first purchase had time to
+//! appear. `ResourceAlreadyExistsException` (409, like several other OpenSearch errors: the type
+//! is matched, never the status) is recovered the same way. The SDK does not check the name's
+//! length, so it is checked here. The flow is [`super::by_handle`].
 
 use async_trait::async_trait;
 use aws_sdk_opensearch::types::{ReservedInstance, ReservedInstancePaymentOption};
-use buyonce_shared::{IdempotencyToken, Payment};
+use buyonce_shared::{IdempotencyToken, Payment, Recommendation};
 
-use super::aws_errors::{classify, code, lookup_failed};
-use super::{
-    all_pages, exactly_one, offering_key, required, Executor, How, OfferingCache, PermanentKind,
-    PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
-};
+use super::aws_errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
+use super::{all_pages, required, PermanentKind, PurchaseError};
 use crate::aws::{no_retry, AwsClients};
 
-pub struct OpenSearch {
-    aws: AwsClients,
-    offerings: OfferingCache<(String, f64)>,
-}
+/// The OpenSearch executor.
+pub type OpenSearch = ByHandle<OpenSearchService>;
 
-impl OpenSearch {
-    pub fn new(aws: AwsClients) -> Self {
-        Self {
-            aws,
-            offerings: OfferingCache::default(),
-        }
-    }
-}
+pub struct OpenSearchService;
 
 /// The reservation name for a token, validated against OpenSearch's 5–64 character rule.
 pub fn reservation_name(token: &IdempotencyToken) -> Result<String, PurchaseError> {
@@ -45,47 +38,6 @@ pub fn reservation_name(token: &IdempotencyToken) -> Result<String, PurchaseErro
     Ok(name)
 }
 
-fn found(r: &ReservedInstance, how: How) -> Purchased {
-    Purchased {
-        commitment_id: r.reserved_instance_id().unwrap_or_default().to_owned(),
-        cost_usd: r
-            .fixed_price()
-            .map(|p| p * f64::from(r.instance_count().max(1))),
-        how,
-        tag_pending: false,
-    }
-}
-
-async fn find_by_name(
-    client: &aws_sdk_opensearch::Client,
-    name: &str,
-) -> Result<Option<ReservedInstance>, PurchaseError> {
-    let mut next = None;
-    loop {
-        let out = client
-            .describe_reserved_instances()
-            .set_next_token(next)
-            .max_results(100)
-            .send()
-            .await
-            .map_err(|e| lookup_failed("opensearch:DescribeReservedInstances", &e))?;
-        if let Some(r) = out
-            .reserved_instances()
-            .iter()
-            .find(|r| r.reservation_name() == Some(name))
-        {
-            return Ok(Some(r.clone()));
-        }
-        next = out
-            .next_token()
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        if next.is_none() {
-            return Ok(None);
-        }
-    }
-}
-
 fn payment_option(p: Payment) -> ReservedInstancePaymentOption {
     match p {
         Payment::AllUpfront | Payment::Upfront => ReservedInstancePaymentOption::AllUpfront,
@@ -94,79 +46,125 @@ fn payment_option(p: Payment) -> ReservedInstancePaymentOption {
     }
 }
 
-#[async_trait]
-impl Executor for OpenSearch {
-    async fn purchase(
-        &self,
-        req: &PurchaseRequest<'_>,
-        ctx: &dyn PurchaseContext,
-    ) -> Result<Purchased, PurchaseError> {
-        let rec = req.rec;
-        let region = required(&rec.region, "region")?;
-        let name = reservation_name(req.token)?;
-        let client = self.aws.opensearch(&rec.account, region).await?;
-        let count = rec.units() as i32;
-
-        if let Some(existing) = find_by_name(&client, &name).await? {
-            return Ok(found(&existing, How::Guard));
+fn same_attributes(r: &ReservedInstance, rec: &Recommendation) -> bool {
+    let offering = match &rec.offering_id {
+        Some(id) => r.reserved_instance_offering_id() == Some(id.as_str()),
+        None => {
+            r.instance_type().map(|t| t.as_str()) == rec.resource_type.as_deref()
+                && i64::from(r.duration()) == rec.term.seconds()
+                && r.payment_option() == Some(&payment_option(rec.payment))
         }
+    };
+    offering && r.instance_count() == rec.units() as i32
+}
 
+fn reservation(r: &ReservedInstance, rec: &Recommendation) -> Reservation {
+    Reservation {
+        id: r.reserved_instance_id().unwrap_or_default().to_owned(),
+        state: r.state().map(str::to_owned),
+        count: Some(r.instance_count()),
+        cost_usd: r
+            .fixed_price()
+            .map(|p| p * f64::from(r.instance_count().max(1))),
+        matches_recommendation: same_attributes(r, rec),
+    }
+}
+
+#[async_trait]
+impl HandleService for OpenSearchService {
+    const NAME: &'static str = "opensearch";
+    const UNIQUE_HANDLE: bool = false;
+    type Client = aws_sdk_opensearch::Client;
+
+    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
+        aws.opensearch(&rec.account, required(&rec.region, "region")?)
+            .await
+    }
+
+    fn handle(token: &IdempotencyToken) -> Result<String, PurchaseError> {
+        reservation_name(token)
+    }
+
+    async fn find(
+        client: &Self::Client,
+        handle: &str,
+        rec: &Recommendation,
+    ) -> Result<Vec<Reservation>, PurchaseError> {
+        all_pages(|next| {
+            let request = client
+                .describe_reserved_instances()
+                .set_next_token(next)
+                .max_results(100);
+            async move {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| lookup_failed("opensearch:DescribeReservedInstances", &e))?;
+                let page = out
+                    .reserved_instances()
+                    .iter()
+                    .filter(|r| r.reservation_name() == Some(handle))
+                    .map(|r| reservation(r, rec))
+                    .collect();
+                Ok((page, out.next_token().map(str::to_owned)))
+            }
+        })
+        .await
+    }
+
+    async fn offerings(
+        client: &Self::Client,
+        rec: &Recommendation,
+    ) -> Result<Vec<Offering>, PurchaseError> {
         let instance_type = required(&rec.resource_type, "resource_type")?;
         let wanted_payment = payment_option(rec.payment);
-        let (offering_id, price) = self
-            .offerings
-            .get_or_try(offering_key(rec), || async {
-                let wanted_payment = &wanted_payment;
-                let offerings = all_pages(|next| {
-                    let mut lookup = client
-                        .describe_reserved_instance_offerings()
-                        .max_results(100);
-                    if let Some(oid) = &rec.offering_id {
-                        lookup = lookup.reserved_instance_offering_id(oid);
-                    }
-                    let request = lookup.set_next_token(next);
-                    async move {
-                        let out = request.send().await.map_err(|e| {
-                            lookup_failed("opensearch:DescribeReservedInstanceOfferings", &e)
-                        })?;
-                        let page = out
-                            .reserved_instance_offerings()
-                            .iter()
-                            .filter(|o| {
-                                rec.offering_id.is_some()
-                                    || (o.instance_type().map(|t| t.as_str())
-                                        == Some(instance_type)
-                                        && i64::from(o.duration()) == rec.term.seconds()
-                                        && o.payment_option() == Some(wanted_payment))
-                            })
-                            .map(|o| {
-                                (
-                                    o.reserved_instance_offering_id()
-                                        .unwrap_or_default()
-                                        .to_owned(),
-                                    o.fixed_price().unwrap_or(0.0),
-                                )
-                            })
-                            .collect();
-                        Ok((page, out.next_token().map(str::to_owned)))
-                    }
-                })
-                .await?;
-                exactly_one(offerings, &rec.describe())
-            })
-            .await?;
+        all_pages(|next| {
+            let mut lookup = client
+                .describe_reserved_instance_offerings()
+                .max_results(100);
+            if let Some(oid) = &rec.offering_id {
+                lookup = lookup.reserved_instance_offering_id(oid);
+            }
+            let request = lookup.set_next_token(next);
+            let wanted_payment = &wanted_payment;
+            async move {
+                let out = request.send().await.map_err(|e| {
+                    offering_lookup_failed("opensearch:DescribeReservedInstanceOfferings", &e)
+                })?;
+                let page = out
+                    .reserved_instance_offerings()
+                    .iter()
+                    .filter(|o| {
+                        rec.offering_id.is_some()
+                            || (o.instance_type().map(|t| t.as_str()) == Some(instance_type)
+                                && i64::from(o.duration()) == rec.term.seconds()
+                                && o.payment_option() == Some(wanted_payment))
+                    })
+                    .map(|o| Offering {
+                        id: o
+                            .reserved_instance_offering_id()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        fixed_price: o.fixed_price().unwrap_or(0.0),
+                    })
+                    .collect();
+                Ok((page, out.next_token().map(str::to_owned)))
+            }
+        })
+        .await
+    }
 
-        let upfront = price * f64::from(count);
-        ctx.authorize_spend(
-            upfront,
-            &format!("OpenSearch offering {offering_id} x{count}"),
-        )
-        .await?;
-
+    async fn buy(
+        client: &Self::Client,
+        offering: &Offering,
+        handle: &str,
+        count: i32,
+        _tag: (&str, &str),
+    ) -> Result<Bought, PurchaseError> {
         let result = client
             .purchase_reserved_instance_offering()
-            .reserved_instance_offering_id(&offering_id)
-            .reservation_name(&name)
+            .reserved_instance_offering_id(&offering.id)
+            .reservation_name(handle)
             .instance_count(count)
             .customize()
             .config_override(
@@ -175,22 +173,21 @@ impl Executor for OpenSearch {
             .send()
             .await;
         match result {
-            Ok(out) => Ok(Purchased {
-                commitment_id: out.reserved_instance_id().unwrap_or_default().to_owned(),
-                cost_usd: Some(upfront),
-                how: How::Purchased,
-                tag_pending: false,
-            }),
+            Ok(out) => Ok(Bought::New(Reservation {
+                id: out.reserved_instance_id().unwrap_or_default().to_owned(),
+                state: None,
+                count: Some(count),
+                cost_usd: Some(offering.fixed_price * f64::from(count)),
+                matches_recommendation: true,
+            })),
             // Match the type, not the status: OpenSearch answers 409 for other errors too.
             Err(e) if code(&e) == Some("ResourceAlreadyExistsException") => {
-                match find_by_name(&client, &name).await? {
-                    Some(r) => Ok(found(&r, How::Recovered)),
-                    None => Err(PurchaseError::transient(
-                        "opensearch: name already exists but the reservation is not visible yet",
-                    )),
-                }
+                Ok(Bought::AlreadyExists)
             }
-            Err(e) => Err(classify("opensearch:PurchaseReservedInstanceOffering", &e)),
+            Err(e) => Err(classify_purchase(
+                "opensearch:PurchaseReservedInstanceOffering",
+                &e,
+            )),
         }
     }
 }
