@@ -911,6 +911,47 @@ mod tests {
     }
 
     #[test]
+    fn azure_search_is_refused_with_the_reason() {
+        let errors = invalid(&with(|v| {
+            v["recommendations"][3]["service"] = "search".into();
+            v["recommendations"][3]["resource_type"] = "Standard_S1".into();
+        }));
+        assert_eq!(errors[0].path, "recommendations[3].service");
+        assert!(
+            errors[0].message.contains("no value for Azure AI Search"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn an_opensearch_offering_id_must_be_a_guid() {
+        let opensearch = |id: &str| {
+            let id = id.to_owned();
+            with(move |v| {
+                v["recommendations"][0] = serde_json::json!({
+                    "provider": "aws", "service": "opensearch", "account": "123456789012",
+                    "region": "us-east-1", "resource_type": "r6g.large.search", "count": 1,
+                    "term": "1y", "payment": "all-upfront", "offering_id": id});
+            })
+        };
+        let errors = invalid(&opensearch("offering-1"));
+        assert_eq!(errors[0].path, "recommendations[0].offering_id");
+        assert!(errors[0].message.contains("GUID"), "{}", errors[0]);
+        ExecutionDocument::from_json(&opensearch("1f14354c-dc12-4c8d-8090-6f295a3a34aa"))
+            .expect("a GUID is accepted");
+    }
+
+    #[test]
+    fn database_savings_plans_are_a_plan_type() {
+        let doc = ExecutionDocument::from_json(&with(|v| {
+            v["recommendations"][1]["plan_type"] = "database".into();
+        }))
+        .unwrap();
+        assert_eq!(doc.recommendations[1].plan_type, Some(PlanType::Database));
+    }
+
+    #[test]
     fn service_specific_requirements() {
         let errors = invalid(&with(|v| {
             v["recommendations"][2]

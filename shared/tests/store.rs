@@ -261,3 +261,81 @@ async fn a_stale_running_item_can_be_taken_over() {
     assert_eq!(attempts, 2);
     db.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_purchase_that_may_have_gone_through_is_remembered_until_a_retry_claims_it() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-ambiguous", 3);
+    let msgs = submitted(&db, &doc).await;
+    let ambiguous_at = |claim: Claim| match claim {
+        Claim::Claimed { ambiguous_at, .. } => ambiguous_at,
+        other => panic!("expected a claim, got {other:?}"),
+    };
+
+    // A first claim: nothing can be unaccounted for.
+    let Claim::Claimed {
+        claim_id,
+        ambiguous_at: none,
+        ..
+    } = db.store.claim(&msgs[0], STALE).await.unwrap()
+    else {
+        panic!("claim");
+    };
+    assert_eq!(none, None);
+    // A refused call (throttled): still nothing unaccounted for.
+    db.store
+        .release_for_retry(&msgs[0].token, claim_id, "throttled", false, false)
+        .await
+        .unwrap();
+    let claim = db.store.claim(&msgs[0], STALE).await.unwrap();
+    let Claim::Claimed { claim_id, .. } = claim.clone() else {
+        panic!("claim");
+    };
+    assert_eq!(ambiguous_at(claim), None);
+    // A purchase call that timed out: the next claim says since when.
+    db.store
+        .release_for_retry(&msgs[0].token, claim_id, "timed out", false, true)
+        .await
+        .unwrap();
+    let since = ambiguous_at(db.store.claim(&msgs[0], STALE).await.unwrap());
+    assert!(since.is_some(), "remembered across the retry");
+
+    // An owner that stopped heartbeating may have died inside the purchase call: taking over
+    // marks the item.
+    assert_eq!(
+        ambiguous_at(db.store.claim(&msgs[1], STALE).await.unwrap()),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(ambiguous_at(
+        db.store
+            .claim(&msgs[1], Duration::from_secs(1))
+            .await
+            .unwrap()
+    )
+    .is_some());
+
+    // The reaper's fail of a stale item marks it too, so a re-drive waits before buying.
+    let Claim::Claimed { .. } = db.store.claim(&msgs[2], STALE).await.unwrap() else {
+        panic!("claim");
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let reaped = db
+        .store
+        .reap_batch(
+            &[msgs[2].token.as_str().to_owned()],
+            Duration::from_secs(1),
+            "reaped",
+        )
+        .await
+        .unwrap();
+    assert_eq!(reaped.len(), 1);
+    let item = db
+        .store
+        .item_by_token(msgs[2].token.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(item.ambiguous_at.is_some());
+    db.cleanup().await.unwrap();
+}

@@ -20,10 +20,15 @@ log=$(mktemp)
 "$target/debug/buyonce-fakecloud" --listen "127.0.0.1:$port" --ri-activation-delay 0 >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 50); do
-  curl -fsS "http://127.0.0.1:$port/_fakecloud/ledger" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+python3 - "$port" <<'PY'
+import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+PY
 "$venv/bin/python" tests/boto3/check_fakecloud.py "http://127.0.0.1:$port" || {
   echo "fakecloud log:"; tail -50 "$log"; exit 1
 }

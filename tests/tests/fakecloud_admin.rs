@@ -195,3 +195,37 @@ async fn the_binary_documents_its_flags() {
         .unwrap();
     assert!(!output.status.success(), "a missing faults file fails fast");
 }
+
+#[tokio::test]
+async fn the_realism_knobs_are_read_and_replaced_over_http() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fc = FakeCloud::start(FakeCloudConfig::default()).await.unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/_fakecloud/realism", fc.endpoint());
+    let friendly: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(friendly["visibility_delay_ms"], 0);
+
+    let response = http
+        .put(&url)
+        .body(r#"{"visibility_delay_ms": 1500, "opensearch_duplicate_names": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let now = fc.realism();
+    assert_eq!(now.visibility_delay, Duration::from_millis(1500));
+    assert!(now.opensearch_duplicate_names);
+    assert!(
+        !now.azure_reput_session_timeout,
+        "unnamed knobs stay friendly"
+    );
+
+    let response = http
+        .put(&url)
+        .body(r#"{"visibility_delay": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(response.text().await.unwrap().contains("visibility_delay"));
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use buyonce_tests::fakecloud::{
-    CommitFailure, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError, AZURE_API_VERSION,
-    DEFAULT_TENANT,
+    CommitFailure, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError, Realism,
+    AZURE_API_VERSION, DEFAULT_TENANT,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -702,4 +702,169 @@ async fn tags_sent_with_a_purchase_are_not_kept() {
         "2022-11-01 reservation orders have no tags"
     );
     assert!(az.fc.ledger()[0].tags.is_empty());
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused() {
+    let az = start(FakeCloudConfig::default()).await;
+    let response = token_response(
+        &az.fc,
+        DEFAULT_TENANT,
+        "test",
+        "https://storage.azure.com/.default",
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the token endpoint mints it"
+    );
+    let body: Value = response.json().await.unwrap();
+    let storage_token = body["access_token"].as_str().unwrap().to_string();
+    let response = az
+        .http
+        .get(az.url("/reservationOrders"))
+        .bearer_auth(&storage_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error_code(&response.json().await.unwrap()),
+        "InvalidAuthenticationTokenAudience"
+    );
+    // ARM's own audiences and fakecloud's base URL are accepted.
+    for scope in [
+        "https://management.core.windows.net/.default".to_string(),
+        format!("{}/.default", az.fc.endpoint()),
+    ] {
+        let body: Value = token_response(&az.fc, DEFAULT_TENANT, "test", &scope)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let (status, _) = {
+            let r = az
+                .http
+                .get(az.url("/reservationOrders"))
+                .bearer_auth(body["access_token"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap();
+            (r.status(), ())
+        };
+        assert_eq!(status, StatusCode::OK, "{scope}");
+    }
+}
+
+#[tokio::test]
+async fn reserved_resource_types_outside_the_spec_enum_are_refused() {
+    let az = start(FakeCloudConfig::default()).await;
+    let body = purchase_body(SUBSCRIPTION, "SearchService", "Standard_S1", 1, "x");
+    let response = az
+        .http
+        .post(az.url("/calculatePrice"))
+        .bearer_auth(&az.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "InvalidRequestContent");
+}
+
+#[tokio::test]
+async fn strict_names_refuse_what_arm_might_normalise() {
+    let az = start(FakeCloudConfig {
+        realism: Realism {
+            azure_strict_names: true,
+            ..Realism::friendly()
+        },
+        ..FakeCloudConfig::default()
+    })
+    .await;
+    let mut spaced = vm(1, "x");
+    spaced["location"] = "West Europe".into();
+    let mut capital = vm(1, "x");
+    capital["properties"]["billingScopeId"] = format!("/Subscriptions/{SUBSCRIPTION}").into();
+    for (body, code) in [
+        (spaced.clone(), "InvalidLocationId"),
+        (capital.clone(), "InvalidSubscriptionId"),
+    ] {
+        let response = az
+            .http
+            .post(az.url("/calculatePrice"))
+            .bearer_auth(&az.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error_code(&response.json().await.unwrap()), code);
+    }
+    // The friendly default normalises both, as ARM's RPC guidance asks providers to.
+    let friendly = start(FakeCloudConfig::default()).await;
+    friendly.calculate(&spaced).await;
+    friendly.calculate(&capital).await;
+}
+
+#[tokio::test]
+async fn a_monthly_quote_prices_one_instalment_and_schedules_the_whole_term() {
+    let az = start(FakeCloudConfig::default()).await;
+    let mut body = vm(2, "monthly");
+    body["properties"]["billingPlan"] = "Monthly".into();
+    let quote = az.calculate(&body).await;
+    let props = &quote["properties"];
+    let schedule = props["paymentSchedule"].as_array().unwrap();
+    assert_eq!(schedule.len(), 12);
+    let instalment = props["pricingCurrencyTotal"]["amount"].as_f64().unwrap();
+    let sum: f64 = schedule
+        .iter()
+        .map(|p| p["pricingCurrencyTotal"]["amount"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (sum - 12.0 * instalment).abs() < 0.1,
+        "{instalment} × 12 vs {sum}"
+    );
+    assert!((props["grandTotal"].as_f64().unwrap() - sum).abs() < 0.1);
+}
+
+#[tokio::test]
+async fn strict_realism_hides_a_new_order_answers_200_while_creating_and_times_out_a_reput() {
+    let az = start(FakeCloudConfig {
+        azure_provisioning_delay: Duration::from_millis(300),
+        realism: Realism::strict_deterministic(Duration::from_millis(400)),
+        ..FakeCloudConfig::default()
+    })
+    .await;
+    let body = vm(1, "strict");
+    let id = az.order_id(&body).await;
+    let response = az.put(&id, &body).await;
+    // The ARM PUT pattern: 200 with a non-terminal provisioningState.
+    assert_eq!(response.status(), StatusCode::OK);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["properties"]["provisioningState"], "Creating");
+    // Not visible yet: GET answers 404, the list leaves it out.
+    let (status, _, body_404) = az.get(&az.url(&format!("/reservationOrders/{id}"))).await;
+    assert_eq!(
+        (status, error_code(&body_404)),
+        (StatusCode::NOT_FOUND, "ReservationOrderNotFound")
+    );
+    assert!(az.list_all().await.is_empty());
+    // A re-PUT of the bought ID: the session timeout, not AlreadyExists.
+    let response = az.put(&id, &body).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let again: Value = response.json().await.unwrap();
+    assert!(again["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Session timed out"));
+    assert_eq!(az.fc.ledger().len(), 1, "still one order");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _, got) = az.get(&az.url(&format!("/reservationOrders/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(az.list_all().await.len(), 1);
 }

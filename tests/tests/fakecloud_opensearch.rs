@@ -223,3 +223,42 @@ async fn an_unknown_offering_is_resource_not_found() {
         .unwrap_err();
     assert_eq!(err.code(), Some("ResourceNotFoundException"));
 }
+
+#[tokio::test]
+async fn strict_realism_sells_a_second_reservation_under_a_name_in_use() {
+    let fc = FakeCloud::start(FakeCloudConfig {
+        realism: buyonce_tests::fakecloud::Realism {
+            opensearch_duplicate_names: true,
+            ..buyonce_tests::fakecloud::Realism::friendly()
+        },
+        ..FakeCloudConfig::default()
+    })
+    .await
+    .unwrap();
+    let os = Client::new(&sdk::config_without_retries(&fc.endpoint(), "us-east-1"));
+    let id = offering_id(&os).await;
+    for _ in 0..2 {
+        os.purchase_reserved_instance_offering()
+            .reserved_instance_offering_id(&id)
+            .reservation_name("buyonce-same-name")
+            .instance_count(1)
+            .send()
+            .await
+            .expect("the model does not say names are unique");
+    }
+    assert_eq!(fc.ledger().len(), 2);
+}
+
+#[tokio::test]
+async fn an_offering_id_that_is_not_a_guid_is_a_validation_error() {
+    let (fc, os) = start().await;
+    let e = os
+        .purchase_reserved_instance_offering()
+        .reserved_instance_offering_id("not-a-guid")
+        .reservation_name("buyonce-x1234")
+        .send()
+        .await
+        .expect_err("the model's GUID pattern");
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert!(fc.ledger().is_empty());
+}

@@ -332,3 +332,127 @@ async fn a_wrong_secret_is_an_invalid_signature() {
     assert_eq!(err.code(), Some("InvalidSignatureException"));
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
 }
+
+#[tokio::test]
+async fn partial_upfront_must_be_a_whole_number_between_half_and_99_percent() {
+    let (fc, sp) = start(FakeCloudConfig::default()).await;
+    let offering_id = compute_offering_id(&sp, SavingsPlanPaymentOption::PartialUpfront).await;
+    // 3 years at 0.333 $/h: 8751.24 in total.
+    let create = |upfront: &str, token: &str| {
+        sp.create_savings_plan()
+            .savings_plan_offering_id(&offering_id)
+            .commitment("0.333")
+            .upfront_payment_amount(upfront)
+            .client_token(token)
+            .send()
+    };
+    for (upfront, why) in [
+        ("4375.62", "cents"),
+        ("4375", "below half"),
+        ("8700", "above 99 %"),
+    ] {
+        let e = create(upfront, upfront).await.expect_err(why);
+        assert_eq!(e.code(), Some("ValidationException"), "{why}");
+    }
+    create("4376", "whole")
+        .await
+        .expect("a whole number in range");
+    assert_eq!(fc.ledger().len(), 1);
+    assert_eq!(fc.ledger()[0].price.upfront, 4376.0);
+}
+
+#[tokio::test]
+async fn every_modelled_currency_and_plan_type_is_sold_and_states_are_checked() {
+    let (_fc, sp) = start(FakeCloudConfig::default()).await;
+    for currency in [CurrencyCode::Usd, CurrencyCode::Eur, CurrencyCode::Cny] {
+        let found = sp
+            .describe_savings_plans_offerings()
+            .plan_types(SavingsPlanType::Compute)
+            .currencies(currency.clone())
+            .send()
+            .await
+            .unwrap()
+            .search_results
+            .unwrap_or_default();
+        assert!(!found.is_empty(), "{currency:?}");
+        assert!(found.iter().all(|o| o.currency == Some(currency.clone())));
+    }
+    let database = offering(
+        &sp,
+        SavingsPlanType::Database,
+        ONE_YEAR,
+        SavingsPlanPaymentOption::NoUpfront,
+    )
+    .await;
+    assert_eq!(database.len(), 1);
+    let e = sp
+        .describe_savings_plans()
+        .states(SavingsPlanState::from("sold"))
+        .send()
+        .await
+        .expect_err("not a SavingsPlanState");
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
+#[tokio::test]
+async fn a_client_token_is_forgotten_after_the_realism_ttl() {
+    let (fc, sp) = start(FakeCloudConfig {
+        realism: buyonce_tests::fakecloud::Realism {
+            client_token_ttl: Some(Duration::from_millis(300)),
+            ..buyonce_tests::fakecloud::Realism::friendly()
+        },
+        ..Default::default()
+    })
+    .await;
+    let offering_id = compute_offering_id(&sp, SavingsPlanPaymentOption::NoUpfront).await;
+    let create = || {
+        sp.create_savings_plan()
+            .savings_plan_offering_id(&offering_id)
+            .commitment("1")
+            .client_token("tok-ttl")
+            .send()
+    };
+    let a = create().await.unwrap().savings_plan_id;
+    let b = create().await.unwrap().savings_plan_id;
+    assert_eq!(a, b, "remembered within the TTL");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let c = create().await.unwrap().savings_plan_id;
+    assert_ne!(a, c, "forgotten after it: a second plan");
+    assert_eq!(fc.ledger().len(), 2);
+}
+
+#[tokio::test]
+async fn strict_realism_hides_a_new_plan_and_answers_small_pages() {
+    let (_fc, sp) = start(FakeCloudConfig {
+        realism: buyonce_tests::fakecloud::Realism::strict_deterministic(Duration::from_millis(
+            300,
+        )),
+        ..Default::default()
+    })
+    .await;
+    let offering_id = compute_offering_id(&sp, SavingsPlanPaymentOption::NoUpfront).await;
+    for n in 0..3 {
+        sp.create_savings_plan()
+            .savings_plan_offering_id(&offering_id)
+            .commitment("1")
+            .client_token(format!("tok-{n}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let listed = |token: Option<String>| sp.describe_savings_plans().set_next_token(token).send();
+    assert!(
+        listed(None).await.unwrap().savings_plans().is_empty(),
+        "not visible yet"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let first = listed(None).await.unwrap();
+    assert_eq!(
+        first.savings_plans().len(),
+        2,
+        "two per page, whatever was asked"
+    );
+    let second = listed(first.next_token.clone()).await.unwrap();
+    assert_eq!(second.savings_plans().len(), 1);
+    assert!(second.next_token.is_none());
+}

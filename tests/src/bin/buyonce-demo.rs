@@ -2,7 +2,7 @@
 //!
 //! Starts fakecloud (AWS + Azure emulator) in-process, migrates a fresh Postgres schema, declares
 //! a fresh queue topology, starts three workers and the reaper, enqueues
-//! `examples/execution.json` (all 12 services) through the producer, kills one worker mid-run,
+//! `examples/execution.json` (all 11 services, 12 recommendations) through the producer, kills one worker mid-run,
 //! prints the results, then re-drives the execution, resubmits it and re-publishes every message —
 //! and checks that the provider ledger still holds exactly one commitment per recommendation.
 //! Exits 0 only if every invariant holds.
@@ -18,7 +18,9 @@ use buyonce_shared::amqp::{self, Publisher, Topology};
 use buyonce_shared::config::{redact_url, AmqpConfig, DatabaseConfig};
 use buyonce_shared::store::{ItemRow, Store};
 use buyonce_shared::{db, ExecutionDocument};
-use buyonce_tests::fakecloud::{FakeCloud, FakeCloudConfig, FaultRule, Faults, DEFAULT_TENANT};
+use buyonce_tests::fakecloud::{
+    FakeCloud, FakeCloudConfig, FaultRule, Faults, Realism, DEFAULT_TENANT,
+};
 use buyonce_worker::aws::AwsSettings;
 use buyonce_worker::azure::AzureSettings;
 use buyonce_worker::config::WorkerConfig;
@@ -54,10 +56,20 @@ struct Cli {
     /// Latency fakecloud adds to every purchase call (makes the crash visible).
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     purchase_latency: Duration,
+    /// How pessimistic the fake cloud is: `strict` (default: new commitments invisible for
+    /// half a second, AWS pages of two, duplicate OpenSearch names allowed, Azure's session
+    /// timeout on re-PUTs and 200 while creating — what the providers are allowed to do) or
+    /// `friendly`.
+    #[arg(long, default_value = "strict", value_parser = ["strict", "friendly"])]
+    realism: String,
     /// Keep the schema and queues for inspection.
     #[arg(long)]
     keep: bool,
 }
+
+/// The demo's settle window (production: minutes, `BUYONCE_*_SETTLE_WINDOW`), longer than
+/// the strict fake cloud's invisibility.
+const SETTLE_WINDOW: Duration = Duration::from_secs(2);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     buyonce_shared::duration::parse_duration(s).map_err(|e| e.to_string())
@@ -112,6 +124,10 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
         faults: Faults::rules([FaultRule::latency("*Purchase*", cli.purchase_latency)]),
         azure_provisioning_delay: Duration::from_millis(300),
         ri_activation_delay: Duration::from_millis(300),
+        realism: match cli.realism.as_str() {
+            "friendly" => Realism::friendly(),
+            _ => Realism::strict_deterministic(Duration::from_millis(500)),
+        },
         ..FakeCloudConfig::default()
     })
     .await?;
@@ -143,9 +159,10 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
         cli.workers
     );
     println!(
-        "  fakecloud  {} (AWS + Azure emulator, {:?} per purchase call)",
+        "  fakecloud  {} (AWS + Azure emulator, {:?} per purchase call, {} realism)",
         fc.endpoint(),
-        cli.purchase_latency
+        cli.purchase_latency,
+        cli.realism
     );
     println!(
         "  postgres   {} (schema demo_{run_id})",
@@ -167,6 +184,8 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
         c.concurrency = 8;
         c.heartbeat_interval = Duration::from_millis(500);
         c.stale_after = Duration::from_millis(1500);
+        c.aws_settle_window = SETTLE_WINDOW;
+        c.azure_settle_window = SETTLE_WINDOW;
         c.listen = "127.0.0.1:0".parse()?;
         c.aws = AwsSettings {
             endpoint_url: Some(fc.endpoint()),

@@ -6,6 +6,7 @@
 //! | GET | `/_fakecloud/calls` | `{"calls": {"ec2:PurchaseReservedInstancesOffering": 1, …}}` |
 //! | POST | `/_fakecloud/reset` | forget everything, restore the startup faults (204) |
 //! | GET / PUT | `/_fakecloud/faults` | read / replace the faults (same JSON as `--faults`) |
+//! | GET / PUT | `/_fakecloud/realism` | read / replace the realism knobs ([`super::Realism`]) |
 //! | PUT | `/_fakecloud/commitments/{id}/state` | `{"state": "Cancelled"}`: override a state |
 //! | GET | `/_fakecloud/catalog` | the active catalog |
 //! | GET | `/_fakecloud/healthz` | `ok` |
@@ -53,6 +54,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/calls", get(calls))
         .route("/reset", post(reset))
         .route("/faults", get(get_faults).put(put_faults))
+        .route("/realism", get(get_realism).put(put_realism))
         .route("/commitments/{id}/state", put(set_state))
         .route("/catalog", get(catalog))
         .route("/healthz", get(|| async { "ok" }))
@@ -92,6 +94,26 @@ async fn put_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
         Err(error) => (
             StatusCode::BAD_REQUEST,
             format!("invalid faults at {}: {}", error.path(), error.inner()),
+        )
+            .into_response(),
+    }
+}
+
+async fn get_realism(State(shared): State<Arc<Shared>>) -> Json<super::Realism> {
+    Json(shared.realism())
+}
+
+async fn put_realism(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    match serde_path_to_error::deserialize::<_, super::Realism>(&mut de) {
+        Ok(realism) => {
+            tracing::info!(?realism, "realism replaced");
+            shared.set_realism(realism);
+            Json(shared.realism()).into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid realism at {}: {}", error.path(), error.inner()),
         )
             .into_response(),
     }
