@@ -317,6 +317,13 @@ async fn raw_ceilings(cli: &Cli, n_items: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// The account of the `i`-th Savings Plan: 200 accounts, like an organisation. The guard lists
+/// the account's plans before each purchase, so 20,000 plans in one account (which no real
+/// account holds) would make the run measure fakecloud listing plans.
+fn sp_account(i: usize) -> String {
+    format!("2{:011}", i % 200)
+}
+
 /// Recommendations for a mix, spread so EC2 purchases are not all serialised on one offering.
 fn mix_documents(mix: &str, n: usize) -> Vec<ExecutionDocument> {
     let ec2_types = ["t3.medium", "m5.large", "m5.xlarge", "c5.large", "r5.large"];
@@ -335,6 +342,7 @@ fn mix_documents(mix: &str, n: usize) -> Vec<ExecutionDocument> {
             } else {
                 let mut r = recommendation("savings-plans");
                 r["commitment_usd_per_hour"] = json!(((i % 1000) as f64 + 1.0) / 100.0);
+                r["account"] = sp_account(i).into();
                 r
             }
         })
@@ -618,6 +626,7 @@ async fn latency_scaling(cli: &Cli) -> anyhow::Result<(Vec<Value>, Value)> {
             .map(|i| {
                 let mut r = recommendation("savings-plans");
                 r["commitment_usd_per_hour"] = json!(((k * 10_000 + i) as f64 + 1.0) / 100.0);
+                r["account"] = sp_account(i).into();
                 r
             })
             .collect();

@@ -40,6 +40,8 @@ pub struct Call<'a> {
     pub faults: &'a Decision,
     /// Request time.
     pub now: DateTime<Utc>,
+    /// The realism knobs at the time of the call (read once: lookups consult them per item).
+    pub realism: super::Realism,
 }
 
 impl Call<'_> {
@@ -51,7 +53,7 @@ impl Call<'_> {
     /// The page size to answer with: what the client asked for, at most the realism's
     /// [`super::Realism::max_page_size`].
     pub fn page_size(&self, requested: usize) -> usize {
-        match self.shared.realism().max_page_size {
+        match self.realism.max_page_size {
             Some(max) => requested.min(max.max(1)),
             None => requested,
         }
@@ -59,7 +61,7 @@ impl Call<'_> {
 
     /// Whether lookups show `commitment` yet (see [`super::Realism::visibility_delay`]).
     pub fn visible(&self, commitment: &Commitment) -> bool {
-        self.shared.visible(commitment, self.now)
+        self.now >= commitment.created_at + to_delta(self.realism.visibility_delay)
     }
 
     /// The final state of a purchase: `active`, unless a provisioning-failure fault says otherwise.
@@ -211,6 +213,7 @@ pub async fn handle(shared: &Shared, parts: &Parts, body: Bytes) -> Response {
         request_id: &request_id,
         faults: &decision,
         now,
+        realism: shared.realism(),
     };
     let result = match target.service {
         AwsService::Ec2 => ec2::handle(&call),

@@ -28,6 +28,7 @@ use super::faults::{CommitFailure, InjectedError, OpKind};
 use super::identity::AzureClaims;
 use super::ledger::{AzureOrder, Commitment, Detail, PriceSession, Provider};
 use super::protocol::{decode_token, encode_token, ApiError, Params};
+use super::realism::Realism;
 use super::server::{DropConnection, Shared};
 
 /// The Microsoft.Capacity API version fakecloud serves.
@@ -215,6 +216,15 @@ struct Ctx<'a> {
     query: Params,
     now: DateTime<Utc>,
     provisioning_failure: Option<Option<String>>,
+    /// The realism knobs at the time of the call.
+    realism: Realism,
+}
+
+impl Ctx<'_> {
+    /// Whether lookups show `c` yet (realism's eventual consistency).
+    fn visible(&self, c: &Commitment) -> bool {
+        self.now >= c.created_at + to_delta(self.realism.visibility_delay)
+    }
 }
 
 /// Handles one Azure request.
@@ -293,6 +303,7 @@ pub async fn handle(shared: &Shared, parts: &Parts, body: Bytes) -> Response {
         query,
         now,
         provisioning_failure: decision.provisioning_failure.clone(),
+        realism: shared.realism(),
     };
     let tenant = claims.as_ref().map(|c| c.tid.clone()).unwrap_or_default();
     let result = match &route {
@@ -678,7 +689,7 @@ fn price_json(currency: &str, amount: f64) -> Value {
 }
 
 fn calculate_price(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response, ApiError> {
-    let purchase = Purchase::parse(body, ctx.shared.realism().azure_strict_names)?;
+    let purchase = Purchase::parse(body, ctx.realism.azure_strict_names)?;
     let (total, currency) = purchase.price(ctx)?;
     let months = purchase.months();
     let installment = round2(total / f64::from(months));
@@ -751,7 +762,7 @@ fn order_url(base: &str, id: &str, suffix: &str) -> String {
 }
 
 fn purchase(ctx: &Ctx<'_>, tenant: &str, id: &str, body: &[u8]) -> Result<Response, ApiError> {
-    let realism = ctx.shared.realism();
+    let realism = &ctx.realism;
     let request = Purchase::parse(body, realism.azure_strict_names)?;
     let id = id.to_ascii_lowercase();
     // One lock for "already bought?", "minted and fresh?" and the insert: N concurrent PUTs of
@@ -920,15 +931,13 @@ fn find_order(ctx: &Ctx<'_>, tenant: &str, id: &str) -> Result<Commitment, ApiEr
         .iter()
         .find(|c| c.id == id && matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
         .cloned();
-    found
-        .filter(|c| ctx.shared.visible(c, ctx.now))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "ReservationOrderNotFound",
-                format!("Reservation order '{id}' was not found."),
-            )
-        })
+    found.filter(|c| ctx.visible(c)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ReservationOrderNotFound",
+            format!("Reservation order '{id}' was not found."),
+        )
+    })
 }
 
 fn get_order(
@@ -964,9 +973,7 @@ fn list_orders(ctx: &Ctx<'_>, tenant: &str, lookup_empty: bool) -> Result<Respon
             .filter(|c| matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
             .cloned()
             .collect();
-        all.into_iter()
-            .filter(|c| ctx.shared.visible(c, ctx.now))
-            .collect()
+        all.into_iter().filter(|c| ctx.visible(c)).collect()
     };
     let start = match ctx.query.get("$skiptoken") {
         None => 0,

@@ -149,7 +149,7 @@ fn purchase(call: &Call<'_>) -> Result<Value, ApiError> {
     // Check and insert under one lock: concurrent purchases with one name create one reservation.
     // Realism: the model does not say names are unique; in that mode a second reservation
     // under a name in use is sold like the first.
-    let names_unique = !call.shared.realism().opensearch_duplicate_names;
+    let names_unique = !call.realism.opensearch_duplicate_names;
     let mut store = call.shared.store();
     if names_unique
         && store

@@ -335,7 +335,7 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     // Token lookup and insert under one lock: N concurrent creates with one token make one plan.
     // Realism: AWS documents no retention for client tokens; a plan older than the TTL no
     // longer dedupes.
-    let token_ttl = call.shared.realism().client_token_ttl;
+    let token_ttl = call.realism.client_token_ttl;
     let mut store = call.shared.store();
     if let Some(token) = &client_token {
         let previous = store.commitments.iter().find(|c| {

@@ -26,7 +26,7 @@ use super::catalog::Catalog;
 use super::config::FakeCloudConfig;
 use super::faults::{roll, CommitFailure, Decision, FaultEngine, Faults, OpKind};
 use super::identity::Identities;
-use super::ledger::{Commitment, LedgerEntry, Store};
+use super::ledger::{LedgerEntry, Store};
 use super::realism::Realism;
 use super::{admin, aws, azure};
 
@@ -124,12 +124,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .realism = realism;
-    }
-
-    /// Whether lookups show `commitment` at `now` (see [`Realism::visibility_delay`]).
-    pub fn visible(&self, commitment: &Commitment, now: chrono::DateTime<Utc>) -> bool {
-        let delay = self.realism().visibility_delay;
-        now >= commitment.created_at + super::aws::to_delta(delay)
     }
 
     /// Replaces the faults and restarts their counters.
