@@ -33,6 +33,17 @@ pub fn amqp_url() -> String {
 }
 
 /// A migrated schema of its own.
+/// The pool size a test asked for, unless `BUYONCE_TEST_POOL_SIZE` sets one for the whole
+/// run: CI runs the store, producer and worker suites once with `2`, which fails (a pool
+/// timeout) wherever a code path waits for a second connection while holding one.
+pub fn pool_size(requested: usize) -> usize {
+    std::env::var("BUYONCE_TEST_POOL_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n >= 2)
+        .unwrap_or(requested)
+}
+
 pub struct TestDb {
     pub config: DatabaseConfig,
     pub store: Store,
@@ -46,7 +57,7 @@ impl TestDb {
         let schema = unique_name("t");
         let mut config = DatabaseConfig::new(database_url());
         config.schema = Some(schema.clone());
-        config.pool_size = pool_size;
+        config.pool_size = self::pool_size(pool_size);
         let pool = db::connect(&config).await?;
         Ok(Self {
             config,

@@ -339,3 +339,41 @@ async fn a_purchase_that_may_have_gone_through_is_remembered_until_a_retry_claim
     assert!(item.ambiguous_at.is_some());
     db.cleanup().await.unwrap();
 }
+
+/// Postgres' jsonb rewrites numbers (`1e16` comes back as `10000000000000000`): an identical
+/// resubmission must still be recognised as identical, not answered as a conflict.
+#[tokio::test]
+async fn identical_resubmissions_with_numbers_jsonb_rewrites_are_identical() {
+    let db = TestDb::new(2).await.unwrap();
+    for (i, cap) in [1e16, 1e17, 1.5e300, 0.1 + 0.2, 5e-324]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("exec-num-{i}");
+        let doc = serde_json::json!({
+            "execution_id": id, "approved_by": "finops@example.com", "source": "test",
+            "recommendations": [{
+                "provider": "aws", "service": "ec2", "account": "123456789012",
+                "region": "us-east-1", "resource_type": "m5.large", "count": 1,
+                "term": "1y", "payment": "all-upfront", "max_upfront_usd": cap
+            }]
+        });
+        let doc = ExecutionDocument::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        submitted(&db, &doc).await;
+        match db.store.submit_execution(&doc).await.unwrap() {
+            Submitted::Identical(items) => assert_eq!(items.len(), 1),
+            other => panic!("max_upfront_usd {cap:e}: expected Identical, got {other:?}"),
+        }
+        // A real difference is still a conflict.
+        let mut other = doc.clone();
+        other.recommendations[0].max_upfront_usd = Some(cap * 2.0 + 1.0);
+        assert!(
+            matches!(
+                db.store.submit_execution(&other).await.unwrap(),
+                Submitted::Conflict { .. }
+            ),
+            "{cap:e}"
+        );
+    }
+    db.cleanup().await.unwrap();
+}

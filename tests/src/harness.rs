@@ -94,7 +94,7 @@ impl World {
         let empty: [(&str, &str); 0] = [];
         let mut c = WorkerConfig::from_source(&empty).expect("worker config");
         c.common.database = self.db.config.clone();
-        c.common.database.pool_size = 6;
+        c.common.database.pool_size = buyonce_shared::testing::pool_size(6);
         c.common.amqp = self.broker.config.clone();
         c.common.queue_prefix = self.broker.topology.prefix.clone();
         c.common.retry_delays = self.broker.topology.retry_delays.clone();
@@ -390,7 +390,10 @@ impl World {
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("HOME", std::env::var("HOME").unwrap_or_default()),
             ("BUYONCE_DATABASE_URL", self.database_url()),
-            ("BUYONCE_DATABASE_POOL_SIZE", "4".into()),
+            (
+                "BUYONCE_DATABASE_POOL_SIZE",
+                buyonce_shared::testing::pool_size(4).to_string(),
+            ),
             ("BUYONCE_AMQP_URL", buyonce_shared::testing::amqp_url()),
             ("BUYONCE_QUEUE_PREFIX", self.broker.topology.prefix.clone()),
             ("BUYONCE_RETRY_DELAYS", delays.join(",")),

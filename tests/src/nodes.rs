@@ -807,7 +807,7 @@ pub async fn world_on(
     let schema = unique_name("t");
     let mut config = database;
     config.schema = Some(schema.clone());
-    config.pool_size = config.pool_size.min(8);
+    config.pool_size = buyonce_shared::testing::pool_size(config.pool_size.min(8));
     let pool = db::connect(&config).await?;
     let db = TestDb {
         config,

@@ -151,6 +151,8 @@ async fn redrive_failed_puts_reaped_items_with_attempts_left_back_in_the_queue()
         )
         .await
         .unwrap();
+    // Back to the pool: a sweep holds its lock on one connection and works through another.
+    drop(client);
     let mut config = ReaperConfig::from_source(&[
         ("AWS_ENDPOINT_URL", world.fc.endpoint().as_str()),
         (

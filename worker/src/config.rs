@@ -37,6 +37,24 @@ pub struct WorkerConfig {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9101";
 
+/// Refuses a pool of one for a process that holds a lock on one connection while it works
+/// through another: with one connection it would wait for itself until the pool timeout.
+pub fn at_least_two_connections(
+    common: &CommonConfig,
+    who: &str,
+    why: &str,
+) -> Result<(), ConfigError> {
+    if common.database.pool_size >= 2 {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        var: vars::DATABASE_POOL_SIZE.name.into(),
+        shown: format!("{:?}", common.database.pool_size.to_string()),
+        problem: format!("{who} needs at least 2 connections ({why})"),
+        expected: format!("an integer from 2 to 1000 for {who}"),
+    })
+}
+
 impl WorkerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&ProcessEnv)
@@ -44,18 +62,13 @@ impl WorkerConfig {
 
     pub fn from_source(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_source(env)?;
-        if common.database.pool_size < 2 {
-            // An EC2/Redshift purchase holds its offering lock on one connection and records
-            // through another.
-            return Err(ConfigError::Invalid {
-                var: vars::DATABASE_POOL_SIZE.name.into(),
-                shown: format!("{:?}", common.database.pool_size.to_string()),
-                problem: "a worker needs at least 2 connections (an offering lock holds one \
-                          while the purchase records through another)"
-                    .into(),
-                expected: "an integer from 2 to 1000 for the worker".into(),
-            });
-        }
+        // An EC2/Redshift purchase holds its offering lock on one connection and records
+        // through another.
+        at_least_two_connections(
+            &common,
+            "a worker",
+            "an offering lock holds one while the purchase records through another",
+        )?;
         let heartbeat_interval = config::parse_positive_duration(env, &vars::HEARTBEAT_INTERVAL)?;
         let listen_raw = config::get(env, &vars::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {

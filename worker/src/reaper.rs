@@ -100,6 +100,11 @@ impl ReaperConfig {
 
     pub fn from_source(env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let common = CommonConfig::from_source(env)?;
+        crate::config::at_least_two_connections(
+            &common,
+            "the reaper",
+            "its single-reaper lock holds one while the sweep works through another",
+        )?;
         let listen_raw = config::get(env, &vars::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
             var: vars::LISTEN.name.into(),
@@ -631,6 +636,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by running the suites with a pool of 2: the reaper holds its lock on one
+    /// connection for the whole sweep, so with a pool of one every sweep waited 30 s for
+    /// itself and failed.
+    #[test]
+    fn a_reaper_needs_at_least_two_database_connections() {
+        let e = ReaperConfig::from_source(&[("BUYONCE_DATABASE_POOL_SIZE", "1")]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("BUYONCE_DATABASE_POOL_SIZE=\"1\" is invalid"),
+            "{text}"
+        );
+        assert!(text.contains("the reaper needs at least 2"), "{text}");
+        assert!(ReaperConfig::from_source(&[("BUYONCE_DATABASE_POOL_SIZE", "2")]).is_ok());
+    }
 
     #[test]
     fn reap_after_falls_back_to_ten_minutes_on_bad_values() {

@@ -20,10 +20,14 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new() -> Self {
+        // Small pool: every parallel test shares the server's 100 connections.
+        Self::with_pool(3).await
+    }
+
+    pub async fn with_pool(pool_size: usize) -> Self {
         buyonce_shared::tls::install_crypto_provider();
         Self {
-            // Small pool: every parallel test shares the server's 100 connections.
-            db: TestDb::new(3).await.expect("test database"),
+            db: TestDb::new(pool_size).await.expect("test database"),
             broker: TestBroker::new().await.expect("test broker"),
         }
     }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 
 use super::items::{item_from_row, recommendation_json, ItemRow, ITEM_COLUMNS};
 use super::{Cas, Store, StoreError, StoreResult};
@@ -138,12 +138,20 @@ impl Store {
             .await?;
         if inserted == 0 {
             tx.rollback().await?;
-            let existing = self
-                .execution(doc.execution_id.as_str())
+            // On the connection already held: taking a second one here deadlocked the pool
+            // under concurrent resubmissions (every connection held, each waiting for one more).
+            let existing = execution_on(&client, doc.execution_id.as_str())
                 .await?
                 .ok_or_else(|| StoreError::Invalid("execution vanished after conflict".into()))?;
-            return Ok(if existing.document == document {
-                Submitted::Identical(self.items_of(doc.execution_id.as_str()).await?)
+            // Compared decoded, not as JSON: jsonb rewrites numbers (`1e16` comes back as
+            // `10000000000000000`), so the same document can differ as text.
+            let same = match serde_json::from_value::<ExecutionDocument>(existing.document.clone())
+            {
+                Ok(stored) => stored.canonical() == canonical,
+                Err(_) => existing.document == document,
+            };
+            return Ok(if same {
+                Submitted::Identical(items_of_on(&client, doc.execution_id.as_str()).await?)
             } else {
                 Submitted::Conflict {
                     stored: Box::new(existing.document),
@@ -205,29 +213,12 @@ impl Store {
 
     /// One execution.
     pub async fn execution(&self, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
-        let client = self.conn("execution").await?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1"),
-                &[&execution_id],
-            )
-            .await?;
-        row.as_ref().map(execution_from_row).transpose()
+        execution_on(&*self.conn("execution").await?, execution_id).await
     }
 
     /// Every item of an execution, by index.
     pub async fn items_of(&self, execution_id: &str) -> StoreResult<Vec<ItemRow>> {
-        let client = self.conn("items_of").await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {ITEM_COLUMNS} FROM purchase_items i
-                      WHERE i.execution_id = $1 ORDER BY i.rec_index"
-                ),
-                &[&execution_id],
-            )
-            .await?;
-        rows.iter().map(item_from_row).collect()
+        items_of_on(&*self.conn("items_of").await?, execution_id).await
     }
 
     /// `approved → running` once its messages are published.
@@ -243,12 +234,7 @@ impl Store {
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        Ok(match self.execution(execution_id).await? {
-            None => Cas::NotFound,
-            Some(e) => Cas::Conflict {
-                actual: e.status.as_str().into(),
-            },
-        })
+        lost_race(&client, execution_id).await
     }
 
     /// `approved → running` once none of its items waits to be published any more (none is
@@ -273,12 +259,7 @@ impl Store {
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        Ok(match self.execution(execution_id).await? {
-            None => Cas::NotFound,
-            Some(e) => Cas::Conflict {
-                actual: e.status.as_str().into(),
-            },
-        })
+        lost_race(&client, execution_id).await
     }
 
     /// When no item of the execution is `queued` or `running` any more, sets its aggregate
@@ -450,12 +431,7 @@ impl Store {
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        Ok(match self.execution(execution_id).await? {
-            None => Cas::NotFound,
-            Some(e) => Cas::Conflict {
-                actual: e.status.as_str().into(),
-            },
-        })
+        lost_race(&client, execution_id).await
     }
 
     /// Executions with failed or dead items (for re-driving everything that failed).
@@ -470,4 +446,47 @@ impl Store {
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
+}
+
+// Reads on a connection the caller holds. Rule for the whole store: no code path awaits a
+// second pooled connection while holding one (with every connection held by such a path, each
+// waits for another that never comes); a follow-up read reuses the held client.
+
+async fn execution_on(client: &Client, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1"),
+            &[&execution_id],
+        )
+        .await?;
+    row.as_ref().map(execution_from_row).transpose()
+}
+
+async fn items_of_on(client: &Client, execution_id: &str) -> StoreResult<Vec<ItemRow>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {ITEM_COLUMNS} FROM purchase_items i
+                  WHERE i.execution_id = $1 ORDER BY i.rec_index"
+            ),
+            &[&execution_id],
+        )
+        .await?;
+    rows.iter().map(item_from_row).collect()
+}
+
+/// Why an execution CAS matched nothing: no such execution, or it is in another status.
+async fn lost_race(client: &Client, execution_id: &str) -> StoreResult<Cas<()>> {
+    let status = client
+        .query_opt(
+            "SELECT status FROM executions WHERE execution_id = $1",
+            &[&execution_id],
+        )
+        .await?;
+    Ok(match status {
+        None => Cas::NotFound,
+        Some(row) => Cas::Conflict {
+            actual: row.try_get(0)?,
+        },
+    })
 }

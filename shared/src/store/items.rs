@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use super::{Cas, Store, StoreError, StoreResult};
@@ -452,12 +452,13 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => self.classify_missing(token).await,
+            None => Self::classify_missing(&client, token).await,
         }
     }
 
-    async fn classify_missing<T>(&self, token: &IdempotencyToken) -> StoreResult<Cas<T>> {
-        let client = self.conn("classify_missing").await?;
+    /// Why an item CAS matched nothing, read on the connection the CAS ran on (see the
+    /// store's rule in `executions.rs`: never await a second connection while holding one).
+    async fn classify_missing<T>(client: &Client, token: &IdempotencyToken) -> StoreResult<Cas<T>> {
         let row = client
             .query_opt(
                 "SELECT status FROM purchase_items WHERE token = $1",
@@ -499,7 +500,7 @@ impl Store {
         if n == 1 {
             Ok(Cas::Applied(()))
         } else {
-            self.classify_missing(token).await
+            Self::classify_missing(&client, token).await
         }
     }
 
@@ -535,7 +536,7 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => self.classify_missing(token).await,
+            None => Self::classify_missing(&client, token).await,
         }
     }
 
@@ -558,7 +559,7 @@ impl Store {
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
             None => match IdempotencyToken::parse(token) {
-                Ok(t) => self.classify_missing(&t).await,
+                Ok(t) => Self::classify_missing(&client, &t).await,
                 Err(_) => Ok(Cas::NotFound),
             },
         }

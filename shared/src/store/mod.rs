@@ -89,15 +89,22 @@ pub struct Store {
     pool: Pool,
     /// Who holds each checked-out connection, since when: when the pool runs dry, the error
     /// says where the connections are instead of only "timeout".
-    held: Arc<Mutex<HashMap<u64, (&'static str, Instant)>>>,
+    held: Arc<Mutex<HashMap<u64, Holder>>>,
     next_id: Arc<AtomicU64>,
+}
+
+/// One checked-out connection: which store function, since when, in which task.
+struct Holder {
+    what: &'static str,
+    since: Instant,
+    task: Option<tokio::task::Id>,
 }
 
 /// A pooled connection checked out by a named store function.
 pub(crate) struct Conn {
     object: Object,
     id: u64,
-    held: Arc<Mutex<HashMap<u64, (&'static str, Instant)>>>,
+    held: Arc<Mutex<HashMap<u64, Holder>>>,
 }
 
 impl std::ops::Deref for Conn {
@@ -131,7 +138,26 @@ impl Store {
     }
 
     /// Checks out a connection for `what` (a store function's name).
+    ///
+    /// A task that already holds one must not wait for another: with every connection held
+    /// by such tasks, each waits forever for one more (the pool deadlocks itself). Debug
+    /// builds (the tests) panic on it, so a new nested path fails the suite that reaches it;
+    /// release builds log it.
     pub(crate) async fn conn(&self, what: &'static str) -> StoreResult<Conn> {
+        let task = tokio::task::try_id();
+        if let Some(task) = task {
+            let nested = self
+                .held
+                .lock()
+                .ok()
+                .and_then(|held| held.values().find(|h| h.task == Some(task)).map(|h| h.what));
+            if let Some(outer) = nested {
+                if cfg!(debug_assertions) {
+                    panic!("store: {what} waits for a second connection while {outer} holds one in the same task");
+                }
+                tracing::error!(what, outer, "store: a task waits for a second database connection while holding one; the pool can deadlock");
+            }
+        }
         let object = match self.pool.get().await {
             Ok(o) => o,
             Err(e) => {
@@ -144,7 +170,14 @@ impl Store {
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut held) = self.held.lock() {
-            held.insert(id, (what, Instant::now()));
+            held.insert(
+                id,
+                Holder {
+                    what,
+                    since: Instant::now(),
+                    task,
+                },
+            );
         }
         Ok(Conn {
             object,
@@ -159,10 +192,10 @@ impl Store {
             return "unknown".into();
         };
         let mut by: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
-        for (what, since) in held.values() {
-            let e = by.entry(what).or_default();
+        for h in held.values() {
+            let e = by.entry(h.what).or_default();
             e.0 += 1;
-            e.1 = e.1.max(since.elapsed().as_secs_f64());
+            e.1 = e.1.max(h.since.elapsed().as_secs_f64());
         }
         if by.is_empty() {
             return "nobody in this process".into();
