@@ -70,8 +70,10 @@ pub fn router(app: App) -> Router {
         .route("/v1/dead-letters", get(list_dead_letters))
         .route("/v1/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/dead-letters/{id}", get(get_dead_letter))
-        // route_layer: authentication runs before the handler reads the body.
+        // route_layer: authentication runs before the handler reads the body; the browser
+        // guard (outermost) before authentication.
         .route_layer(middleware::from_fn_with_state(app.clone(), require_bearer))
+        .route_layer(middleware::from_fn_with_state(app.clone(), refuse_browsers))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES));
     Router::new()
         .route("/healthz", get(healthz))
@@ -104,6 +106,104 @@ fn unauthorized(message: &str, invalid: bool) -> Response {
     response
 }
 
+/// Defences against a web page in the operator's browser (cross-site request forgery) and
+/// against DNS rebinding. Every request body must be `application/json` (a page can send
+/// `text/plain` or a form anywhere without asking, but not JSON). Without tokens, where
+/// nothing else authenticates: the `Host` must be a loopback name or address (a rebinding page
+/// reaches 127.0.0.1 under its own host name) and a browser's `Origin`, when sent, must be
+/// loopback too (browsers send it on every cross-origin POST). With tokens a browser has
+/// nothing to forge with: it never adds an `Authorization` header on its own.
+async fn refuse_browsers(State(app): State<App>, request: Request, next: Next) -> Response {
+    if has_nul(request.uri()) {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            "NUL characters are not allowed in the path or query",
+            Value::Null,
+        );
+    }
+    if let Some(refusal) = browser_refusal(request.headers(), app.tokens.is_empty()) {
+        warn!(refusal = %refusal.1, "request refused");
+        return error_body(refusal.0, refusal.1, Value::Null);
+    }
+    next.run(request).await
+}
+
+/// NUL cannot be stored in Postgres text: refused at the door (it reached the store as a
+/// 500 with Postgres' error text before), wherever it hides in the path or query.
+fn has_nul(uri: &axum::http::Uri) -> bool {
+    uri.path_and_query()
+        .is_some_and(|pq| pq.as_str().to_ascii_lowercase().contains("%00"))
+}
+
+fn browser_refusal(
+    headers: &axum::http::HeaderMap,
+    tokenless: bool,
+) -> Option<(StatusCode, String)> {
+    let has_body = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|n| n.trim() != "0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    let content_type = headers.get(header::CONTENT_TYPE);
+    if has_body || content_type.is_some() {
+        let json = content_type
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Some((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a request body must be sent as `Content-Type: application/json`".into(),
+            ));
+        }
+    }
+    if !tokenless {
+        return None;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(is_loopback_authority) {
+        return Some((
+            StatusCode::FORBIDDEN,
+            format!(
+                "without BUYONCE_API_TOKENS the API answers only requests addressed to a loopback \
+                 host (localhost, 127.0.0.1, [::1]); this one was for {:?}",
+                host.unwrap_or("no Host header")
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let loopback = origin.split_once("://").is_some_and(|(scheme, authority)| {
+            matches!(scheme, "http" | "https") && is_loopback_authority(authority)
+        });
+        if !loopback {
+            return Some((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "without BUYONCE_API_TOKENS the API refuses requests a web page sends from \
+                     another origin ({origin:?}); set tokens to call it from elsewhere"
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) if rest.is_empty() || rest.starts_with(':') => addr,
+            _ => return false,
+        },
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn require_bearer(State(app): State<App>, request: Request, next: Next) -> Response {
     // No tokens configured: `serve` only listens on loopback then (see `serve::listen_addr`).
     if app.tokens.is_empty() {
@@ -129,20 +229,32 @@ async fn require_bearer(State(app): State<App>, request: Request, next: Next) ->
     }
 }
 
+/// A failure on our side: the client gets a generic message and a request ID, the log gets
+/// the details under the same ID (store errors name tables, functions and Postgres' text,
+/// which are none of a client's business).
+fn server_error(status: StatusCode, public: &str, detail: &dyn std::fmt::Display) -> Response {
+    let request_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    error!(request_id = %request_id, status = status.as_u16(), error = %detail, "{public}");
+    let mut response = error_body(
+        status,
+        format!("{public} (request {request_id}; the producer's log has the details)"),
+        json!({ "request_id": request_id }),
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
 fn store_error(e: &StoreError) -> Response {
-    error!(error = %e, "store error");
     if e.is_unavailable() {
-        error_body(
+        server_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable, retry later: {e}"),
-            Value::Null,
+            "database unavailable, retry later",
+            e,
         )
     } else {
-        error_body(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("database error: {e}"),
-            Value::Null,
-        )
+        server_error(StatusCode::INTERNAL_SERVER_ERROR, "database error", e)
     }
 }
 
@@ -396,6 +508,13 @@ async fn pause(State(app): State<App>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(refusal) => return refusal.into_response(),
     };
+    if let Err(problem) = fleet::check_reason(body.reason.as_deref()) {
+        return error_body(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            problem.clone(),
+            json!({ "errors": [{ "path": "reason", "message": problem }] }),
+        );
+    }
     match fleet::pause(&app.store, body.reason.as_deref(), "api").await {
         Ok(state) => Json(state).into_response(),
         Err(e) => store_error(&e),
@@ -460,6 +579,9 @@ async fn list_dead_letters(
         service: q.service,
         limit: q.limit,
     };
+    if let Err(problem) = filter.check() {
+        return error_body(StatusCode::BAD_REQUEST, problem, Value::Null);
+    }
     let warning = drain_dead_letters(&app).await.err();
     if let Some(w) = &warning {
         warn!(warning = %w, "listing dead letters without draining the queue");
@@ -532,6 +654,15 @@ impl ReplayBody {
                 )
             })?;
             Selection::Execution(id.as_str().to_owned())
+        } else if self.ids.len() > dlq::MAX_REPLAY_IDS {
+            return Err(Refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "at most {} ids per replay, got {}",
+                    dlq::MAX_REPLAY_IDS,
+                    self.ids.len()
+                ),
+            ));
         } else {
             Selection::Ids(self.ids)
         })
@@ -551,10 +682,10 @@ async fn replay_dead_letters(State(app): State<App>, body: Bytes) -> Response {
     let publisher = match app.broker.publisher().await {
         Ok(p) => p,
         Err(e) => {
-            return error_body(
+            return server_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("broker unavailable, retry later: {e:#}"),
-                Value::Null,
+                "broker unavailable, retry later",
+                &format!("{e:#}"),
             )
         }
     };
@@ -597,9 +728,13 @@ async fn readyz(State(app): State<App>) -> Response {
         Ok(Err(e)) => Err(format!("{e:#}")),
         Err(_) => Err("no connection within 5s".to_owned()),
     };
-    let show = |r: &Result<(), String>| match r {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
+    // Unauthenticated: say which dependency is down, not why (the log says why).
+    let show = |what: &str, r: &Result<(), String>| match r {
+        Ok(()) => "ok",
+        Err(e) => {
+            warn!(dependency = what, error = %e, "not ready");
+            "unavailable"
+        }
     };
     let status = if database.is_ok() && broker.is_ok() {
         StatusCode::OK
@@ -608,7 +743,7 @@ async fn readyz(State(app): State<App>) -> Response {
     };
     (
         status,
-        Json(json!({ "database": show(&database), "broker": show(&broker) })),
+        Json(json!({ "database": show("database", &database), "broker": show("broker", &broker) })),
     )
         .into_response()
 }

@@ -10,6 +10,7 @@ use buyonce_shared::amqp::{self, Publisher, Topology};
 use buyonce_shared::config::{self, redact_url, vars, CommonConfig, ProcessEnv};
 use buyonce_shared::document::{DocumentError, MAX_DOCUMENT_BYTES};
 use buyonce_shared::store::Store;
+use buyonce_shared::text::terminal_safe;
 use buyonce_shared::{db, ExecutionDocument, ExecutionId, IdempotencyToken, LineageKey, RecIndex};
 use lapin::Connection;
 
@@ -192,7 +193,7 @@ pub async fn enqueue(
     if json {
         print_json(report);
     } else {
-        print!("{}", render_submit(report));
+        print!("{}", terminal_safe(&render_submit(report)));
     }
     result.map(|_| ()).map_err(CliError::from)
 }
@@ -249,7 +250,7 @@ pub async fn status(
         if json {
             print_json(&fleet);
         } else {
-            print!("{}", fleet::render_summary(&fleet, true));
+            print!("{}", terminal_safe(&fleet::render_summary(&fleet, true)));
         }
         return Ok(());
     };
@@ -263,8 +264,8 @@ pub async fn status(
             fleet,
         });
     } else {
-        print!("{}", fleet::render_summary(&fleet, false));
-        print!("{}", status::render_table(&view));
+        print!("{}", terminal_safe(&fleet::render_summary(&fleet, false)));
+        print!("{}", terminal_safe(&status::render_table(&view)));
     }
     Ok(())
 }
@@ -291,7 +292,7 @@ pub async fn redrive(
     if json {
         print_json(report);
     } else {
-        print!("{}", render_redrive(report));
+        print!("{}", terminal_safe(&render_redrive(report)));
     }
     result.map(|_| ()).map_err(CliError::from)
 }
@@ -334,7 +335,7 @@ pub async fn cancel(common: &CommonConfig, execution_id: &str, json: bool) -> Re
     if json {
         print_json(&report);
     } else {
-        print!("{}", cancel::render(&report));
+        print!("{}", terminal_safe(&cancel::render(&report)));
     }
     Ok(())
 }
@@ -346,6 +347,7 @@ pub async fn set_paused(
     reason: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
+    fleet::check_reason(reason).map_err(CliError::Usage)?;
     let store = connect_store(common).await?;
     let who = fleet::operator_identity();
     let state = if paused {
@@ -356,7 +358,7 @@ pub async fn set_paused(
     if json {
         print_json(&state);
     } else {
-        println!("{}", fleet::render_pause(&state));
+        println!("{}", terminal_safe(&fleet::render_pause(&state)));
     }
     Ok(())
 }
@@ -408,6 +410,7 @@ pub async fn dlq_list(
     if let Some(id) = &filter.execution_id {
         parse_execution_id(id)?;
     }
+    filter.check().map_err(CliError::Usage)?;
     let store = connect_store(common).await?;
     let (drained, warning) = drain_for_listing(common, &store).await;
     let mut listing = dlq::list(&store, filter).await?;
@@ -416,7 +419,7 @@ pub async fn dlq_list(
     if json {
         print_json(&listing);
     } else {
-        print!("{}", dlq::render_listing(&listing));
+        print!("{}", terminal_safe(&dlq::render_listing(&listing)));
     }
     Ok(())
 }
@@ -432,7 +435,7 @@ pub async fn dlq_show(common: &CommonConfig, id: i64, json: bool) -> Result<(), 
     if json {
         print_json(&detail);
     } else {
-        print!("{}", dlq::render_detail(&detail));
+        print!("{}", terminal_safe(&dlq::render_detail(&detail)));
     }
     Ok(())
 }
@@ -452,7 +455,10 @@ pub async fn dlq_replay(
     // Queued dead letters first, so "--all" means all.
     let drained = dlq::drain(&store, &connection, publisher.topology()).await;
     if let Err(e) = &drained {
-        eprintln!("warning: could not drain the dead-letter queue first: {e:#}");
+        eprintln!(
+            "warning: could not drain the dead-letter queue first: {}",
+            terminal_safe(&format!("{e:#}"))
+        );
     }
     let total = dlq::count(&store, &request.selection, true).await?;
     let progress = if json || total < 50 {
@@ -478,7 +484,7 @@ pub async fn dlq_replay(
     if json {
         print_json(&report);
     } else {
-        print!("{}", dlq::render_replay(&report));
+        print!("{}", terminal_safe(&dlq::render_replay(&report)));
     }
     if report.unpublished > 0 {
         return Err(CliError::Unpublished(format!(
@@ -520,14 +526,14 @@ pub async fn dlq_purge(
         // So that "--all" also covers what is still queued.
         let (_, warning) = drain_for_listing(common, &store).await;
         if let Some(w) = warning {
-            eprintln!("warning: {w}");
+            eprintln!("warning: {}", terminal_safe(&w.to_string()));
         }
     }
     let report = dlq::purge(&store, selection).await?;
     if json {
         print_json(&report);
     } else {
-        print!("{}", dlq::render_purge(&report));
+        print!("{}", terminal_safe(&dlq::render_purge(&report)));
     }
     Ok(())
 }

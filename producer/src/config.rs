@@ -13,7 +13,9 @@ use subtle::ConstantTimeEq;
 /// Where `serve` listens when neither `--listen` nor `BUYONCE_LISTEN` says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Shortest bearer token accepted: anything shorter is guessable.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub const MIN_TOKEN_LEN: usize = 32;
+/// Fewest distinct characters a token must use: `aaaa…` or a repeated word is not random.
+pub const MIN_TOKEN_DISTINCT: usize = 10;
 /// Rows per relay batch.
 pub const RELAY_BATCH: i64 = 500;
 
@@ -50,6 +52,16 @@ impl ApiTokens {
                     "token {} of {} is shorter than {MIN_TOKEN_LEN} characters",
                     i + 1,
                     tokens.len()
+                )));
+            }
+            let distinct: std::collections::BTreeSet<char> = t.chars().collect();
+            if distinct.len() < MIN_TOKEN_DISTINCT {
+                return Err(invalid(format!(
+                    "token {} of {} uses only {} distinct characters (at least \
+                     {MIN_TOKEN_DISTINCT}); generate one, e.g. `openssl rand -hex 32`",
+                    i + 1,
+                    tokens.len(),
+                    distinct.len()
                 )));
             }
         }
@@ -187,22 +199,32 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_shown() {
-        let tokens = ApiTokens::from_source(&[(
-            "BUYONCE_API_TOKENS",
-            "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbb",
-        )])
-        .unwrap();
-        assert!(tokens.accepts("aaaaaaaaaaaaaaaa"));
-        assert!(tokens.accepts("bbbbbbbbbbbbbbbbbb"));
-        assert!(!tokens.accepts("aaaaaaaaaaaaaaa"));
+        const A: &str = "3f9a1c7e5b2d8046af13c9e7b5d20864";
+        const B: &str = "k2Jd9xQ4mZ7vT1pL8sW3nR6bY0cF5hGu";
+        let tokens =
+            ApiTokens::from_source(&[("BUYONCE_API_TOKENS", format!("{A}, {B}").as_str())])
+                .unwrap();
+        assert!(tokens.accepts(A));
+        assert!(tokens.accepts(B));
+        assert!(!tokens.accepts(&A[1..]));
         assert!(!tokens.accepts(""));
         assert_eq!(format!("{tokens:?}"), "ApiTokens(2 configured)");
 
-        let e = ApiTokens::from_source(&[("BUYONCE_API_TOKENS", "aaaaaaaaaaaaaaaa,zq9xk")])
+        let short = format!("{A},zq9xk0123456789abcdefghijklm"); // 29 characters
+        let e = ApiTokens::from_source(&[("BUYONCE_API_TOKENS", short.as_str())])
             .unwrap_err()
             .to_string();
         assert!(e.contains("BUYONCE_API_TOKENS=(redacted)"), "{e}");
-        assert!(e.contains("token 2 of 2"), "{e}");
+        assert!(e.contains("token 2 of 2 is shorter than 32"), "{e}");
         assert!(!e.contains("zq9xk"), "{e}");
+
+        // Long enough but not random.
+        let e = ApiTokens::from_source(&[(
+            "BUYONCE_API_TOKENS",
+            "abababababababababababababababababab",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only 2 distinct characters"), "{e}");
     }
 }

@@ -175,6 +175,35 @@ pub struct ListFilter {
     pub limit: Option<i64>,
 }
 
+/// Most rows one listing shows.
+pub const MAX_LIST_LIMIT: i64 = 1000;
+/// Most dead-letter IDs one replay names.
+pub const MAX_REPLAY_IDS: usize = 1000;
+
+impl ListFilter {
+    /// Refuses what the listing cannot mean: a limit outside 1..=[`MAX_LIST_LIMIT`], an
+    /// execution filter that is no execution ID, a service filter that is not short plain text.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(limit) = self.limit {
+            if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+                return Err(format!(
+                    "limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}"
+                ));
+            }
+        }
+        if let Some(e) = &self.execution_id {
+            buyonce_shared::ExecutionId::parse(e)
+                .map_err(|why| format!("execution filter: invalid execution ID: {why}"))?;
+        }
+        if let Some(s) = &self.service {
+            if let Some(problem) = buyonce_shared::text::text_problem(s, 64) {
+                return Err(format!("service filter {problem}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A listing: the rows in archive order, how many match in all, and what the drain before it
 /// did.
 #[derive(Debug, Clone, Serialize)]

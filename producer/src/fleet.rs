@@ -29,6 +29,18 @@ pub fn operator_identity() -> String {
     format!("{user}@{host}")
 }
 
+/// Longest pause reason accepted, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A pause reason follows the rules of other free text (`buyonce_shared::text`): it is shown
+/// to every operator who runs `status`.
+pub fn check_reason(reason: Option<&str>) -> Result<(), String> {
+    match reason.and_then(|r| buyonce_shared::text::text_problem(r, MAX_REASON_CHARS)) {
+        Some(problem) => Err(format!("the pause reason {problem}")),
+        None => Ok(()),
+    }
+}
+
 /// Pauses the fleet: no purchase starts once this returns (workers check the flag when they
 /// claim and again right before the provider call). Messages wait in retry queues; nothing is
 /// dead-lettered.

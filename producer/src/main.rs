@@ -285,7 +285,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn fail(e: &CliError) -> ExitCode {
-    eprintln!("error: {e}");
+    eprintln!(
+        "error: {}",
+        buyonce_shared::text::terminal_safe(&e.to_string())
+    );
     e.exit_code()
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use buyonce_shared::amqp::Topology;
+use buyonce_shared::document::MAX_DOCUMENT_BYTES;
+use buyonce_shared::http_server::HttpLimits;
 use buyonce_shared::relay::relay_unpublished;
 use buyonce_shared::store::Store;
 use buyonce_shared::{config::redact_url, db};
@@ -94,6 +96,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         app,
         config.relay_interval,
         config.unpublished_grace,
+        HttpLimits::api(MAX_DOCUMENT_BYTES),
         shutdown,
     )
     .await;
@@ -108,6 +111,7 @@ pub async fn serve(
     app: App,
     relay_interval: Duration,
     unpublished_grace: Duration,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().context("listener address")?;
@@ -120,9 +124,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tracker.close();
-    let server = axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = tokio::spawn(async move { server.await });
+    let server =
+        buyonce_shared::http_server::serve(listener, api::router(app), limits, shutdown.clone());
+    let served = tokio::spawn(async move {
+        server.await;
+        Ok::<(), std::io::Error>(())
+    });
     shutdown.cancelled().await;
     info!("shutting down: draining requests and the relay");
     let drained = tokio::time::timeout(DRAIN_DEADLINE, async {

@@ -368,3 +368,37 @@ async fn brakes_and_dead_letters_through_the_binary() {
     assert_eq!(out.status.code(), Some(1));
     h.cleanup().await;
 }
+
+/// A pause reason that would forge `status` output is refused; one already stored (written
+/// by an older version, or straight into the table) is printed escaped.
+#[tokio::test]
+async fn status_output_cannot_be_forged_by_stored_text() {
+    let h = Harness::new().await;
+    let env = deployment_env(&h);
+    let forged = "x\u{1b}[1A\u{1b}[2K\rfleet running (not paused)";
+    let out = run(&["pause", "--reason", forged], &env);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("control characters"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    h.sql(&format!(
+        "UPDATE fleet_control SET paused = true, reason = E'{}', changed_by = 'someone'",
+        "x\\033[1A\\033[2K\\rfleet running (not paused)\\u202e"
+    ))
+    .await;
+    let out = run(&["status"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("fleet PAUSED"), "{stdout}");
+    assert!(
+        !stdout
+            .chars()
+            .any(|c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}'),
+        "{stdout:?}"
+    );
+    assert!(stdout.contains("\\u{001b}[1A"), "{stdout}");
+    h.cleanup().await;
+}

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 const NO_ENV: [(&str, &str); 0] = [];
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+const TOKEN: &str = "test-token-0123456789abcdefghijklmn";
 
 struct Server {
     base: String,
@@ -53,6 +53,9 @@ impl Server {
             app,
             Duration::from_secs(3600),
             Duration::from_secs(30),
+            buyonce_shared::http_server::HttpLimits::api(
+                buyonce_shared::document::MAX_DOCUMENT_BYTES,
+            ),
             shutdown.clone(),
         ));
         Self {
@@ -105,7 +108,10 @@ impl Server {
 }
 
 fn tokens() -> ApiTokens {
-    ApiTokens::parse(&Secret::new(format!("another-token-abcdefgh,{TOKEN}"))).unwrap()
+    ApiTokens::parse(&Secret::new(format!(
+        "another-token-abcdefghijklmnopqrst,{TOKEN}"
+    )))
+    .unwrap()
 }
 
 #[tokio::test]
@@ -127,7 +133,7 @@ async fn the_api_requires_a_valid_bearer_token() {
     let wrong = server
         .client
         .post(server.url("/v1/executions"))
-        .bearer_auth("test-token-0123456789abcdeX")
+        .bearer_auth("test-token-0123456789abcdefghijklmX")
         .json(&doc)
         .send()
         .await
@@ -227,6 +233,56 @@ async fn create_then_identical_then_conflict_then_read_back() {
     h.cleanup().await;
 }
 
+/// 50 identical resubmissions and 50 same-ID-different-content submissions at once, with the
+/// default pool (16): each answer is 200 or 409, nothing waits for the pool. (A resubmission
+/// used to keep its connection while taking a second one: with every connection held that
+/// way, all of them waited for the pool timeout and answered 503.)
+#[tokio::test]
+async fn concurrent_resubmissions_do_not_exhaust_the_pool() {
+    let h =
+        Harness::with_pool(buyonce_shared::config::DatabaseConfig::new(String::new()).pool_size)
+            .await;
+    let server = Arc::new(Server::start(&h, tokens()).await);
+    let doc = document_json("exec-stampede", 2);
+    let (status, body) = server.post("/v1/executions", &doc).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let server = server.clone();
+        let mut doc = doc.clone();
+        let identical = i % 2 == 0;
+        if !identical {
+            doc["approved_by"] = format!("someone-{i}@example.com").into();
+        }
+        tasks.push(tokio::spawn(async move {
+            let (status, body) = server.post("/v1/executions", &doc).await;
+            (identical, status, body)
+        }));
+    }
+    let mut answers = std::collections::BTreeMap::<(bool, u16), usize>::new();
+    for task in tasks {
+        let (identical, status, body) = task.await.unwrap();
+        let expected = if identical {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        };
+        assert_eq!(status, expected, "identical={identical}: {body}");
+        *answers.entry((identical, status.as_u16())).or_default() += 1;
+    }
+    assert_eq!(answers.values().sum::<usize>(), 100, "{answers:?}");
+    assert_eq!(h.count("executions").await, 1);
+    assert_eq!(h.count("purchase_items").await, 2);
+    let (status, _) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    Arc::into_inner(server)
+        .expect("every request finished")
+        .stop()
+        .await;
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn each_validation_error_names_its_field() {
     let h = Harness::new().await;
@@ -287,6 +343,7 @@ async fn each_validation_error_names_its_field() {
         .client
         .post(server.url("/v1/executions"))
         .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
         .body("{\"execution_id\": ")
         .send()
         .await
@@ -554,6 +611,117 @@ async fn readiness_reports_database_and_broker() {
     h.cleanup().await;
 }
 
+/// Without tokens, what a web page in the operator's browser can send is refused: a
+/// `text/plain` or form body (no preflight needed), a foreign `Origin`, a foreign `Host`
+/// (DNS rebinding). Nothing is recorded or published; the CLI's and curl's requests pass.
+#[tokio::test]
+async fn tokenless_mode_refuses_what_a_web_page_can_send() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, ApiTokens::none()).await;
+    let doc = document_json("exec-csrf", 1);
+    let body = serde_json::to_vec(&doc).unwrap();
+    let url = server.url("/v1/executions");
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let send = |content_type: Option<&'static str>, headers: Vec<(&'static str, String)>| {
+        let mut request = server.client.post(&url).body(body.clone());
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        assert_eq!(
+            send(ct, vec![]).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{ct:?}"
+        );
+    }
+    let json = Some("application/json");
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+    ] {
+        assert_eq!(
+            send(json, vec![("origin", origin.to_owned())]).await,
+            StatusCode::FORBIDDEN,
+            "{origin}"
+        );
+    }
+    for host in ["evil.example", format!("rebind.evil.example:{port}").leak()] {
+        assert_eq!(
+            send(json, vec![("host", host.to_owned())]).await,
+            StatusCode::FORBIDDEN,
+            "{host}"
+        );
+    }
+    // A body-less POST from another origin (fetch with `mode: no-cors`) is refused too.
+    let resume = server
+        .client
+        .post(server.url("/v1/resume"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), StatusCode::FORBIDDEN);
+    assert_eq!(h.count("executions").await, 0);
+    assert!(h.drain().await.is_empty());
+
+    // Loopback origins and plain clients pass.
+    assert_eq!(
+        send(
+            Some("application/json; charset=utf-8"),
+            vec![("origin", format!("http://localhost:{port}"))]
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(json, vec![("host", format!("[::1]:{port}"))]).await,
+        StatusCode::OK
+    );
+    server.stop().await;
+    h.cleanup().await;
+}
+
+/// With tokens a browser has nothing to forge with, so `Host` and `Origin` are free (behind
+/// a load balancer they are whatever it says); a body must still be JSON.
+#[tokio::test]
+async fn with_tokens_host_and_origin_are_not_checked_but_bodies_must_be_json() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+    let body = serde_json::to_vec(&document_json("exec-lb", 1)).unwrap();
+    let post = |ct: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/executions"))
+            .bearer_auth(TOKEN)
+            .header("content-type", ct)
+            .header("host", "buyonce.internal.example")
+            .header("origin", "https://console.example")
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(
+        post("text/plain").await.unwrap().status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    assert_eq!(
+        post("application/json").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    server.stop().await;
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_non_loopback_listen_address_without_tokens_is_refused() {
     let err = listen_addr("0.0.0.0:0", &ApiTokens::none())
@@ -584,4 +752,101 @@ async fn a_non_loopback_listen_address_without_tokens_is_refused() {
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("BUYONCE_API_TOKENS"), "{err:#}");
+}
+
+/// What reached the store or the client raw before: NUL bytes, control and bidi characters,
+/// `..` as an ID, uncapped lists, and store errors with Postgres' text in them.
+#[tokio::test]
+async fn hostile_text_and_sizes_are_refused_at_the_boundary_and_errors_are_generic() {
+    let h = Harness::new().await;
+    let server = Server::start(&h, tokens()).await;
+
+    for path in [
+        "/v1/dead-letters?service=ec2%00x",
+        "/v1/dead-letters?execution=exec%00",
+        "/v1/executions/exec%00",
+        "/v1/dead-letters?limit=100000",
+        "/v1/dead-letters?limit=0",
+        "/v1/dead-letters?execution=..",
+        "/v1/executions/.hidden",
+    ] {
+        let (status, body) = server.get(path).await;
+        assert!(status == StatusCode::BAD_REQUEST, "{path}: {status} {body}");
+        assert!(
+            !body.contains("22021") && !body.contains("invalid byte"),
+            "{path}: {body}"
+        );
+    }
+
+    for reason in [
+        "x\u{1b}[1A\u{1b}[2K\rfleet running (not paused)".to_owned(),
+        "reason\u{202E}".to_owned(),
+        "nul\u{0}".to_owned(),
+        "r".repeat(501),
+    ] {
+        let (status, body) = server.post("/v1/pause", &json!({ "reason": reason })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["errors"][0]["path"], "reason", "{body}");
+    }
+    let (status, state) = server.get("/v1/pause").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        state.contains("\"paused\":false"),
+        "nothing was paused: {state}"
+    );
+    let (status, body) = server
+        .post("/v1/pause", &json!({ "reason": "maintenance — café ✓" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    for (field, value) in [
+        ("approved_by", "admin\u{202E}moc.elpmaxe@"),
+        ("approved_by", "a\u{200B}b@example.com"),
+        ("execution_id", ".."),
+        ("execution_id", "-rf"),
+    ] {
+        let mut doc = document_json("exec-hostile", 1);
+        doc[field] = value.into();
+        let (status, body) = server.post("/v1/executions", &doc).await;
+        assert!(
+            status.is_client_error(),
+            "{field}={value:?}: {status} {body}"
+        );
+        assert!(body.to_string().contains(field), "{body}");
+    }
+
+    let ids: Vec<i64> = (1..=1001).collect();
+    let (status, body) = server
+        .post("/v1/dead-letters/replay", &json!({ "ids": ids }))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 1000"),
+        "{body}"
+    );
+
+    // A store failure: generic text and a request ID, no SQL or table names.
+    h.sql("DROP TABLE dead_letters CASCADE").await;
+    let response = server
+        .client
+        .get(server.url("/v1/dead-letters"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_server_error());
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["request_id"], request_id.as_str());
+    let text = body["error"].as_str().unwrap();
+    assert!(text.contains(&request_id), "{text}");
+    assert!(
+        !text.contains("dead_letters") && !text.contains("42P01"),
+        "{text}"
+    );
+    server.stop().await;
+    h.cleanup().await;
 }

@@ -177,7 +177,7 @@ pub mod vars {
         name: "BUYONCE_DATABASE_POOL_SIZE",
         default: Some("16"),
         expected: "an integer from 1 to 1000",
-        doc: "Postgres connections per process (a worker needs at least 2).",
+        doc: "Postgres connections per process (a worker or the reaper needs at least 2).",
         read_by: ALL_BINS,
         secret: false,
     };
@@ -217,7 +217,7 @@ pub mod vars {
     pub const API_TOKENS: VarSpec = VarSpec {
         name: "BUYONCE_API_TOKENS",
         default: None,
-        expected: "comma-separated bearer tokens, each at least 16 characters",
+        expected: "comma-separated bearer tokens, each at least 32 random characters (e.g. `openssl rand -hex 32`)",
         doc: "Bearer tokens accepted by `buyonce-producer serve`; without any, it binds only to loopback.",
         read_by: PRODUCER,
         secret: true,
@@ -753,14 +753,27 @@ fn missing(spec: &VarSpec) -> ConfigError {
 /// Handles URLs (`scheme://user:pass@host/...`, `?password=`) and libpq key/value strings
 /// (`host=... password=...`).
 pub fn redact_url(raw: &str) -> String {
-    if let Ok(mut url) = url::Url::parse(raw) {
+    // A parse is trusted only if it accounts for the `@`: a password with an unescaped `/`,
+    // `?`, `#` or `@` makes the parser end the userinfo or the authority early and take the
+    // rest of the password for a host or a path. With exactly one `@` that the parser took as
+    // the end of a userinfo, everything before it is that userinfo.
+    let ats = raw
+        .split_once("://")
+        .map_or(0, |(_, rest)| rest.matches('@').count());
+    let parsed = url::Url::parse(raw).ok().filter(|url| {
+        ats == 0 || (ats == 1 && (!url.username().is_empty() || url.password().is_some()))
+    });
+    if let Some(mut url) = parsed {
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let sensitive = matches!(k.as_ref(), "password" | "sslpassword" | "pass");
+                let sensitive = matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "password" | "sslpassword" | "pass"
+                );
                 (
                     k.into_owned(),
                     if sensitive {
@@ -776,6 +789,19 @@ pub fn redact_url(raw: &str) -> String {
         }
         return url.to_string();
     }
+    // Looks like a URL but does not parse (libpq multi-host `h1:1,h2:2`, a bad port, a
+    // password with a `/` or `#`, …): the
+    // userinfo cannot be told apart reliably, so everything between `://` and the last `@`
+    // goes.
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        // The query's password parameters first (a value may hold an `@`), then the userinfo.
+        let rest = redact_password_params(rest);
+        let rest = match rest.rfind('@') {
+            Some(at) => format!("***@{}", &rest[at + 1..]),
+            None => rest,
+        };
+        return format!("{scheme}://{rest}");
+    }
     // libpq key=value form; redact anything that looks like a password value.
     raw.split_whitespace()
         .map(|part| match part.split_once('=') {
@@ -784,6 +810,95 @@ pub fn redact_url(raw: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `…?a=1&password=x&b=2` → `…?a=1&password=***&b=2`: the value of every `password`,
+/// `sslpassword` or `pass` parameter (any case), up to the next `&` or the end.
+fn redact_password_params(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        let Some(at) = rest.find(['?', '&']) else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let key_end = rest.find(['=', '&']).unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        let sensitive = matches!(
+            key.to_ascii_lowercase().as_str(),
+            "password" | "sslpassword" | "pass"
+        );
+        if sensitive && rest[key_end..].starts_with('=') {
+            out.push_str(key);
+            out.push_str("=***");
+            rest = &rest[key_end + 1..];
+            rest = &rest[rest.find('&').unwrap_or(rest.len())..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod redaction_properties {
+    use super::redact_url;
+    use proptest::prelude::*;
+
+    fn host_part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z]{1,8}(\\.[a-z]{2,5})?".prop_map(|h| h),
+            "[a-z]{1,8}:[0-9]{1,5}".prop_map(|h| h),
+            // libpq multi-host, which the URL parser refuses.
+            "[a-z]{1,6}:[0-9]{1,4},[a-z]{1,6}:[0-9]{1,4}".prop_map(|h| h),
+            // A port that is not a number.
+            "[a-z]{1,8}:[a-z]{1,4}".prop_map(|h| h),
+            Just("[::1]:5432".to_owned()),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the URL looks like, its password never survives redaction.
+        #[test]
+        fn the_password_never_survives(
+            scheme in prop_oneof![Just("postgres"), Just("postgresql"), Just("amqp"), Just("amqps")],
+            user in "[a-z]{1,8}",
+            password in "[A-Za-z0-9!$%&*+=~@:/?#.-]{6,24}",
+            host in host_part(),
+            path in "(/[a-z0-9%]{0,8})?",
+        ) {
+            // A password that is part of the rest of the URL cannot be told apart from it.
+            prop_assume!(![user.as_str(), host.as_str(), path.as_str(), scheme].iter().any(|p| p.contains(password.as_str())));
+            let url = format!("{scheme}://{user}:{password}@{host}{path}");
+            let shown = redact_url(&url);
+            prop_assert!(!shown.contains(&password), "{url} -> {shown}");
+            let query = format!("{scheme}://{host}{path}?password={}", password.replace(['&', '#', '?'], "x"));
+            let shown = redact_url(&query);
+            prop_assert!(!shown.contains(&password.replace(['&', '#', '?'], "x")), "{query} -> {shown}");
+        }
+    }
+
+    #[test]
+    fn urls_that_do_not_parse_lose_their_userinfo() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h1:1,h2:2/db"),
+            "postgres://***@h1:1,h2:2/db"
+        );
+        assert_eq!(redact_url("amqp://u:pw@h:abc/"), "amqp://***@h:abc/");
+        assert_eq!(redact_url("amqp://h:abc/"), "amqp://h:abc/");
+        // Unescaped `/`, `#`, `@` in a password (found by the property test): the parser
+        // would end the userinfo early.
+        assert_eq!(redact_url("postgres://a:/A#a#A@h"), "postgres://***@h");
+        assert_eq!(redact_url("postgres://a:@$#!#-@h"), "postgres://***@h");
+        assert_eq!(
+            redact_url("postgres://h?PassWord=@pw&x=1"),
+            "postgres://h?PassWord=***&x=1"
+        );
+        // The usual form keeps its user name.
+        assert_eq!(
+            redact_url("postgres://buyonce:s3cret@db:5432/buyonce?sslmode=verify-full"),
+            "postgres://buyonce:***@db:5432/buyonce?sslmode=verify-full"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,8 @@ enum SslMode {
 
 /// tokio-postgres understands `disable|prefer|require` only; `verify-ca`/`verify-full` are
 /// taken out here, mapped to `require` for it, and enforced by our rustls verifier.
-fn split_sslmode(url: &str) -> (String, SslMode) {
+/// The `sslmode` the URL names, if it names one.
+fn split_explicit_sslmode(url: &str) -> (String, Option<SslMode>) {
     let modes = [
         ("sslmode=verify-full", SslMode::VerifyFull),
         ("sslmode=verify-ca", SslMode::VerifyCa),
@@ -61,34 +62,76 @@ fn split_sslmode(url: &str) -> (String, SslMode) {
                 SslMode::VerifyFull | SslMode::VerifyCa => url.replace(needle, "sslmode=require"),
                 _ => url.to_owned(),
             };
-            return (rewritten, mode);
+            return (rewritten, Some(mode));
         }
     }
-    (url.to_owned(), SslMode::Prefer)
+    (url.to_owned(), None)
+}
+
+/// Without an `sslmode` in the URL: `prefer` when every host is this machine (a Unix
+/// socket, `localhost`, a loopback address), where the traffic never leaves it; otherwise
+/// `verify-full`, because `prefer` would accept any certificate and fall back to plain text
+/// without a word, so a man in the middle would see the password.
+fn default_sslmode(pg: &tokio_postgres::Config) -> SslMode {
+    use tokio_postgres::config::Host;
+    let loopback = |host: &Host| match host {
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    let addrs_loopback = pg.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+    if pg.get_hosts().iter().all(loopback) && addrs_loopback {
+        SslMode::Prefer
+    } else {
+        SslMode::VerifyFull
+    }
+}
+
+impl SslMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// Validates a database URL without connecting (used by config parsing).
 pub fn check_url(url: &str) -> Result<(), String> {
-    let (url, _) = split_sslmode(url);
+    let (url, _) = split_explicit_sslmode(url);
     tokio_postgres::Config::from_str(&url)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
-fn pg_config(cfg: &DatabaseConfig) -> anyhow::Result<(tokio_postgres::Config, SslMode)> {
-    let (url, mode) = split_sslmode(cfg.url.expose());
+/// The connection settings and the effective `sslmode` (and whether the URL named it).
+fn pg_config(cfg: &DatabaseConfig) -> anyhow::Result<(tokio_postgres::Config, SslMode, bool)> {
+    let (url, named) = split_explicit_sslmode(cfg.url.expose());
     let mut pg = tokio_postgres::Config::from_str(&url).with_context(|| {
         format!(
             "BUYONCE_DATABASE_URL {} is not a valid Postgres URL",
             redact_url(&url)
         )
     })?;
+    let mode = named.unwrap_or_else(|| default_sslmode(&pg));
+    if named.is_none() && mode == SslMode::VerifyFull {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     pg.application_name("buyonce");
     pg.connect_timeout(Duration::from_secs(10));
     if let Some(schema) = &cfg.schema {
         pg.options(format!("-c search_path={schema}"));
     }
-    Ok((pg, mode))
+    Ok((pg, mode, named.is_some()))
 }
 
 fn manager(
@@ -117,7 +160,7 @@ fn manager(
 
 /// Builds a pool without touching the database.
 pub fn pool(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
-    let (pg, mode) = pg_config(cfg)?;
+    let (pg, mode, _) = pg_config(cfg)?;
     Pool::builder(manager(cfg, pg, mode)?)
         .max_size(cfg.pool_size)
         .runtime(Runtime::Tokio1)
@@ -131,6 +174,16 @@ pub fn pool(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
 /// Connects: creates the database if it does not exist, creates the schema if one is
 /// configured, applies pending migrations, and returns the pool.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
+    let (_, mode, named) = pg_config(cfg)?;
+    tracing::info!(
+        sslmode = mode.as_str(),
+        from = if named {
+            "BUYONCE_DATABASE_URL"
+        } else {
+            "default for the host"
+        },
+        "Postgres TLS mode"
+    );
     let pool = pool(cfg)?;
     let first = pool.get().await;
     if let Err(e) = &first {
@@ -210,7 +263,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 async fn create_database(cfg: &DatabaseConfig) -> anyhow::Result<()> {
-    let (pg, mode) = pg_config(cfg)?;
+    let (pg, mode, _) = pg_config(cfg)?;
     let name = pg
         .get_dbname()
         .map(str::to_owned)
@@ -325,11 +378,57 @@ mod tests {
 
     #[test]
     fn sslmode_verify_forms_are_rewritten_for_tokio_postgres() {
-        let (url, mode) = split_sslmode("postgres://h/db?sslmode=verify-full");
+        let (url, mode) = split_explicit_sslmode("postgres://h/db?sslmode=verify-full");
         assert_eq!(url, "postgres://h/db?sslmode=require");
-        assert_eq!(mode, SslMode::VerifyFull);
-        assert_eq!(split_sslmode("postgres://h/db").1, SslMode::Prefer);
+        assert_eq!(mode, Some(SslMode::VerifyFull));
+        assert_eq!(split_explicit_sslmode("postgres://h/db").1, None);
         assert!(check_url("postgres://h/db?sslmode=verify-ca").is_ok());
         assert!(check_url("postgres://h/db?sslmode=bogus").is_err());
+    }
+
+    fn effective(url: &str) -> (SslMode, bool) {
+        let cfg = DatabaseConfig::new(url.to_owned());
+        let (pg, mode, named) = pg_config(&cfg).unwrap();
+        if mode == SslMode::VerifyFull {
+            // tokio-postgres must insist on TLS; our verifier checks the rest.
+            assert_eq!(
+                pg.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require,
+                "{url}"
+            );
+        }
+        (mode, named)
+    }
+
+    #[test]
+    fn without_an_sslmode_only_loopback_hosts_may_go_unverified() {
+        for url in [
+            "postgres://127.0.0.1:5432/db",
+            "postgres://localhost/db",
+            "postgres://[::1]:5432/db",
+            "postgres:///db?host=/var/run/postgresql",
+            "postgres://localhost,127.0.0.2/db",
+            "host=localhost dbname=db",
+        ] {
+            assert_eq!(effective(url), (SslMode::Prefer, false), "{url}");
+        }
+        for url in [
+            "postgres://db.example.com/db",
+            "postgres://10.0.0.5:5432/db",
+            "postgres://localhost,db.example.com/db",
+            "postgres://localhost/db?hostaddr=10.0.0.5",
+            "host=db.example.com dbname=db",
+        ] {
+            assert_eq!(effective(url), (SslMode::VerifyFull, false), "{url}");
+        }
+        // A mode the URL names is kept, loopback or not.
+        assert_eq!(
+            effective("postgres://db.example.com/db?sslmode=disable"),
+            (SslMode::Disable, true)
+        );
+        assert_eq!(
+            effective("postgres://127.0.0.1/db?sslmode=verify-ca"),
+            (SslMode::VerifyCa, true)
+        );
     }
 }

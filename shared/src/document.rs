@@ -454,11 +454,8 @@ fn err(path: &str, message: &str) -> FieldError {
 }
 
 fn check_text(errors: &mut Vec<FieldError>, path: &str, value: &str, max: usize) {
-    if value.len() > max {
-        errors.push(err(path, &format!("must be at most {max} characters")));
-    }
-    if value.chars().any(char::is_control) {
-        errors.push(err(path, "must not contain control characters"));
+    if let Some(problem) = crate::text::text_problem(value, max) {
+        errors.push(err(path, &problem));
     }
 }
 

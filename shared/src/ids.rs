@@ -15,6 +15,8 @@ pub enum IdError {
     TooLong(usize),
     #[error("may contain only letters, digits and . _ : - (found {0:?})")]
     Charset(char),
+    #[error("must begin with a letter or digit (`.`, `..` and `-x` read as paths and options)")]
+    Start,
 }
 
 fn check_id(s: &str) -> Result<(), IdError> {
@@ -29,6 +31,9 @@ fn check_id(s: &str) -> Result<(), IdError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
         return Err(IdError::Charset(bad));
+    }
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(IdError::Start);
     }
     Ok(())
 }
@@ -148,6 +153,14 @@ mod tests {
         assert_eq!(
             ExecutionId::parse(&"x".repeat(129)),
             Err(IdError::TooLong(129))
+        );
+        // `Location: /v1/executions/..` would name the collection, `-x` reads as an option.
+        for bad in ["..", ".", ".hidden", "-rf", ":x", "_x"] {
+            assert_eq!(ExecutionId::parse(bad), Err(IdError::Start), "{bad}");
+        }
+        assert_eq!(
+            ExecutionId::parse("a\u{0}b"),
+            Err(IdError::Charset('\u{0}'))
         );
     }
 

@@ -7,11 +7,13 @@ pub mod db;
 pub mod document;
 pub mod duration;
 pub mod envelope;
+pub mod http_server;
 pub mod ids;
 pub mod relay;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod token;
 

@@ -195,6 +195,7 @@ async fn the_http_api_answers_bad_bodies_with_4xx_naming_the_field_never_5xx() {
         app,
         Duration::from_secs(3600),
         Duration::from_secs(30),
+        buyonce_shared::http_server::HttpLimits::api(buyonce_shared::document::MAX_DOCUMENT_BYTES),
         shutdown.clone(),
     ));
     let client = reqwest::Client::new();
@@ -296,6 +297,7 @@ async fn the_http_api_answers_bad_bodies_with_4xx_naming_the_field_never_5xx() {
     let too_big = vec![b' '; buyonce_shared::document::MAX_DOCUMENT_BYTES + 10];
     let resp = client
         .post(format!("{base}/v1/executions"))
+        .header("content-type", "application/json")
         .body(too_big)
         .send()
         .await

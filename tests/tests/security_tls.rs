@@ -570,7 +570,7 @@ async fn a_secret_set_both_directly_and_from_a_file_stops_the_process_naming_bot
             "buyonce-producer",
             vec!["serve"],
             "BUYONCE_API_TOKENS",
-            "direct-token-0123456789",
+            "direct-token-0123456789abcdefghijkl",
         ),
     ];
     for (binary, args, var, value) in cases {

@@ -53,7 +53,14 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     let body = json!({
         "ready": ready,
         "broker": if broker { "ok" } else { "down" },
-        "database": match &database { Ok(()) => "ok".to_owned(), Err(e) => e.clone() },
+        // Unauthenticated: whether, not why (the log has why).
+        "database": match &database {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: database");
+                "unavailable"
+            }
+        },
         "paused": paused,
         "detail": if paused { "fleet paused by an operator: no purchases start until `buyonce-producer resume`" } else { "" },
     });
@@ -80,10 +87,11 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
+    tokio::spawn(buyonce_shared::http_server::serve(
+        listener,
+        app,
+        buyonce_shared::http_server::HttpLimits::probes(),
+        shutdown,
+    ));
     Ok(bound)
 }
