@@ -4,21 +4,26 @@
 //! or the copy confirmed in a retry or dead-letter queue). A crash anywhere before the ack
 //! makes the broker redeliver it, which the token makes safe.
 
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use buyonce_shared::amqp::{self, dead_letters, headers, Publisher, Topology};
 use buyonce_shared::db;
+use buyonce_shared::envelope::PurchaseMessage;
 use buyonce_shared::store::Store;
-use futures::StreamExt;
+use buyonce_shared::Service;
+use futures::{FutureExt as _, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -26,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::aws::AwsClients;
 use crate::azure::AzureClient;
 use crate::config::WorkerConfig;
-use crate::executors;
+use crate::executors::{self, Executor};
 use crate::handler::{Handler, HandlerSettings, Outcome};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
@@ -46,6 +51,16 @@ pub async fn spawn(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
+    spawn_with(config, |_| {}, shutdown).await
+}
+
+/// [`spawn`], with a chance to change the executor registry first (tests put a misbehaving
+/// executor in to see what the consumer does with it).
+pub async fn spawn_with(
+    config: WorkerConfig,
+    tweak_executors: impl FnOnce(&mut HashMap<Service, Arc<dyn Executor>>),
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningWorker> {
     let pool = connect_db_with_retry(&config, &shutdown).await?;
     let store = Store::new(pool);
     let aws = AwsClients::new(config.aws.clone()).await;
@@ -54,9 +69,11 @@ pub async fn spawn(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
+    let mut registry = executors::registry(aws, azure);
+    tweak_executors(&mut registry);
     let handler = Arc::new(Handler::new(
         store.clone(),
-        executors::registry(aws, azure),
+        registry,
         HandlerSettings {
             max_attempts: config.max_attempts,
             heartbeat_interval: config.heartbeat_interval,
@@ -137,6 +154,32 @@ fn is_configuration_problem(e: &anyhow::Error) -> bool {
     .any(|needle| text.contains(needle))
 }
 
+/// The one shutdown deadline: fixed when the drain starts, and every wait after it (the
+/// session's, then `run`'s for purchases still in flight) ends by it. Two waits of a full grace
+/// each took up to twice `BUYONCE_SHUTDOWN_GRACE`, past the pod's termination grace.
+struct Drain {
+    grace: Duration,
+    deadline: OnceLock<Instant>,
+}
+
+impl Drain {
+    fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            deadline: OnceLock::new(),
+        }
+    }
+
+    /// Waits for the tracked tasks until the deadline (set now if this is the first wait).
+    /// Whether they all finished.
+    async fn wait(&self, tracker: &TaskTracker) -> bool {
+        let deadline = *self.deadline.get_or_init(|| Instant::now() + self.grace);
+        tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
 struct Consumer {
     config: WorkerConfig,
     topology: Topology,
@@ -149,9 +192,10 @@ struct Consumer {
 impl Consumer {
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let drain = Drain::new(self.config.shutdown_grace);
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            match self.session(&tracker, &shutdown).await {
+            match self.session(&tracker, &drain, &shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.health.broker_up.store(false, Ordering::SeqCst);
@@ -169,10 +213,7 @@ impl Consumer {
             }
         }
         tracker.close();
-        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
+        if !drain.wait(&tracker).await {
             warn!(grace = ?self.config.shutdown_grace, in_flight = tracker.len(), "shutdown grace over; exiting with purchases in flight (their messages are redelivered)");
         }
         info!("worker stopped");
@@ -184,6 +225,7 @@ impl Consumer {
     async fn session(
         &self,
         tracker: &TaskTracker,
+        drain: &Drain,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let name = format!(
@@ -250,7 +292,7 @@ impl Consumer {
                     info!(in_flight = tracker.len(), "stopping: no new messages; draining in-flight purchases");
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     tracker.close();
-                    if tokio::time::timeout(self.config.shutdown_grace, tracker.wait()).await.is_err() {
+                    if !drain.wait(tracker).await {
                         warn!(in_flight = tracker.len(), "shutdown grace over with purchases in flight");
                     }
                     let _ = conn.close(200, "shutdown".into()).await;
@@ -263,8 +305,10 @@ impl Consumer {
                         let publisher = publisher.clone();
                         let metrics = self.metrics.clone();
                         tracker.spawn(async move {
-                            let outcome = handler.handle(&delivery.data).await;
-                            apply(outcome, delivery, &publisher, &metrics).await;
+                            match AssertUnwindSafe(handler.handle(&delivery.data)).catch_unwind().await {
+                                Ok(outcome) => apply(outcome, delivery, &publisher, &metrics).await,
+                                Err(panic) => requeue_after_panic(delivery, panic, &metrics).await,
+                            }
                             drop(permit);
                         });
                     }
@@ -351,6 +395,41 @@ pub async fn apply(outcome: Outcome, delivery: Delivery, publisher: &Publisher, 
                 .await;
         }
     }
+}
+
+/// A handler panicked: nothing recorded this delivery's fate, so it goes back to the queue (the
+/// token guard makes the retry safe; the quorum queue's delivery limit dead-letters a message
+/// that panics every time). Without this the delivery stayed unacked until the channel died.
+async fn requeue_after_panic(
+    delivery: Delivery,
+    panic: Box<dyn std::any::Any + Send>,
+    metrics: &Metrics,
+) {
+    metrics.handler_panics.inc();
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(not a string)".into());
+    match PurchaseMessage::decode(&delivery.data) {
+        Ok(msg) => error!(
+            panic = %what,
+            execution.id = %msg.execution_id,
+            item.rec_index = msg.rec_index.get(),
+            token = %msg.token,
+            service = %msg.recommendation.service.as_str(),
+            "handler panicked; returning the message to the queue"
+        ),
+        Err(_) => {
+            error!(panic = %what, "handler panicked on an undecodable message; returning it to the queue")
+        }
+    }
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
 }
 
 /// The delivery's properties with extra string headers.

@@ -299,7 +299,7 @@ impl Handler {
             ambiguous_at,
         };
         let started = Instant::now();
-        self.metrics.in_flight.inc();
+        let in_flight = InFlight::new(&self.metrics.in_flight);
         let result = with_heartbeat(
             &self.store,
             &msg.token,
@@ -308,7 +308,7 @@ impl Handler {
             executor.purchase(&req, &ctx),
         )
         .await;
-        self.metrics.in_flight.dec();
+        drop(in_flight);
         let labels = |outcome: &str| {
             vec![
                 ("provider", service.provider().as_str().to_owned()),
@@ -717,5 +717,22 @@ impl PurchaseContext for WorkerContext<'_> {
 
     fn dry_run(&self) -> bool {
         self.settings.dry_run
+    }
+}
+
+/// Counts one purchase in the `in_flight` gauge for as long as it lives, so a panicking
+/// executor does not leave the gauge one too high.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub paused: Gauge,
     pub reconnects: Counter,
     pub archived_dead_letters: Counter,
+    /// Handler panics caught (the message went back to the queue).
+    pub handler_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +49,7 @@ impl Metrics {
         let paused = Gauge::default();
         let reconnects = Counter::default();
         let archived_dead_letters = Counter::default();
+        let handler_panics = Counter::default();
         registry.register(
             "deliveries",
             "Messages handled, by outcome",
@@ -84,6 +87,11 @@ impl Metrics {
             "Dead letters moved from the queue into Postgres",
             archived_dead_letters.clone(),
         );
+        registry.register(
+            "handler_panics",
+            "Panics caught while handling a message (the message was returned to the queue)",
+            handler_panics.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -95,6 +103,7 @@ impl Metrics {
             paused,
             reconnects,
             archived_dead_letters,
+            handler_panics,
         }
     }
 

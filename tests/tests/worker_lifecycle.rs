@@ -1,0 +1,128 @@
+//! The worker's life around its handlers: how long shutdown waits for a purchase that does not
+//! finish, and what becomes of a delivery whose handler panics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use buyonce_shared::Service;
+use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
+use buyonce_tests::harness::{execution, recommendation, wait_for, World};
+use buyonce_worker::consumer;
+use buyonce_worker::executors::{
+    Executor, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
+};
+use tokio_util::sync::CancellationToken;
+
+const PURCHASE: &str = "savingsplans:CreateSavingsPlan";
+
+/// One drain, one deadline: a purchase that never finishes keeps the worker for the grace,
+/// not twice the grace (the session waited it, then `run` waited it again — 2 × 25 s by default
+/// against the 45 s Kubernetes gives the pod).
+#[tokio::test]
+async fn shutdown_waits_one_grace_for_a_purchase_that_does_not_finish() {
+    let world = World::with_fakecloud(FakeCloudConfig {
+        faults: Faults::rules([FaultRule::latency(PURCHASE, Duration::from_secs(60))]),
+        ..FakeCloudConfig::default()
+    })
+    .await;
+    let grace = Duration::from_secs(2);
+    let mut config = world.worker_config();
+    config.shutdown_grace = grace;
+    let shutdown = CancellationToken::new();
+    let worker = consumer::spawn(config, shutdown.clone()).await.unwrap();
+    world
+        .enqueue(&execution(
+            "exec-stop",
+            vec![recommendation("savings-plans")],
+        ))
+        .await;
+    wait_for(Duration::from_secs(30), "a purchase in flight", || async {
+        (world.fc.call_count(PURCHASE) >= 1).then_some(())
+    })
+    .await;
+
+    let stopping = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), worker.handle)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .unwrap();
+    let took = stopping.elapsed();
+    assert!(took >= grace, "stopped after {took:?}, before the grace");
+    assert!(
+        took < grace + grace / 2,
+        "stopped after {took:?}: more than one grace ({grace:?})"
+    );
+    world.cleanup().await;
+}
+
+/// Panics on every purchase.
+struct Panicking(Arc<AtomicUsize>);
+
+#[async_trait]
+impl Executor for Panicking {
+    async fn purchase(
+        &self,
+        _req: &PurchaseRequest<'_>,
+        _ctx: &dyn PurchaseContext,
+    ) -> Result<Purchased, PurchaseError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("simulated executor bug");
+    }
+}
+
+/// A panicking handler does not strand its delivery: the panic is caught and counted, the
+/// message goes back to the queue and is handled again (before, it stayed unacked until the
+/// channel died, and the worker's prefetch slot with it).
+#[tokio::test]
+async fn a_panicking_handler_returns_its_message_to_the_queue_and_is_counted() {
+    let world = World::new().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let executor = Panicking(calls.clone());
+    let shutdown = CancellationToken::new();
+    let worker = consumer::spawn_with(
+        world.worker_config(),
+        |registry| {
+            registry.insert(Service::SavingsPlans, Arc::new(executor));
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    world
+        .enqueue(&execution(
+            "exec-panic",
+            vec![recommendation("savings-plans")],
+        ))
+        .await;
+    // The first attempt panics; the item's claim goes stale (1.5 s in tests) and the
+    // redelivered message takes it over and reaches the executor again.
+    wait_for(
+        Duration::from_secs(30),
+        "the message handled again",
+        || async { (calls.load(Ordering::SeqCst) >= 2).then_some(()) },
+    )
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let panics: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("buyonce_handler_panics_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no panic counter in {metrics}"));
+    assert!(panics >= 1, "{metrics}");
+    assert!(
+        metrics.contains("buyonce_in_flight 0"),
+        "the in-flight gauge came back down: {metrics}"
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker.handle).await;
+    world.cleanup().await;
+}
