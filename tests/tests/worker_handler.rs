@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use buyonce_shared::envelope::MAX_MESSAGE_BYTES;
+use buyonce_shared::store::ItemStatus;
 use buyonce_shared::{DeadLetterReason, IdempotencyToken, PurchaseMessage};
 use buyonce_tests::fakecloud::{FaultRule, Faults, InjectedError};
 use buyonce_tests::harness::{
@@ -201,7 +202,10 @@ async fn dry_run_resolves_everything_and_buys_nothing() {
         .await;
         assert_eq!(
             handler.handle(&msg.to_bytes()).await,
-            Outcome::Done { note: "dry-run" },
+            Outcome::Ended {
+                status: ItemStatus::Failed,
+                note: "dry-run"
+            },
             "{service}"
         );
         let item = world.item(&msg).await;

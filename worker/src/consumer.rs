@@ -331,6 +331,13 @@ pub async fn apply(outcome: Outcome, delivery: Delivery, publisher: &Publisher, 
             metrics.deliveries.get_or_create(&label("done", note)).inc();
             Ok(())
         }
+        Outcome::Ended { status, note } => {
+            metrics
+                .deliveries
+                .get_or_create(&label(&format!("ended-{}", status.as_str()), note))
+                .inc();
+            Ok(())
+        }
         Outcome::Retry {
             level,
             after,

@@ -36,6 +36,13 @@ use crate::metrics::Metrics;
 pub enum Outcome {
     /// Ack. `note` says why (purchased, already-succeeded, cancelled, ...).
     Done { note: &'static str },
+    /// Ack: this delivery ended the item without a purchase, in `status` (a dry run marks it
+    /// `failed` with what it would have bought). Not `Done`, which reads as "bought or nothing
+    /// to do".
+    Ended {
+        status: ItemStatus,
+        note: &'static str,
+    },
     /// Park the message in retry wait queue `level` for `after`, then ack.
     Retry {
         level: usize,
@@ -469,7 +476,10 @@ impl Handler {
                 info!(%error, "dry run");
                 self.end(&msg.token, claim_id, ItemStatus::Failed, &error, false)
                     .await;
-                Outcome::Done { note: "dry-run" }
+                Outcome::Ended {
+                    status: ItemStatus::Failed,
+                    note: "dry-run",
+                }
             }
         }
     }

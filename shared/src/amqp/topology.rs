@@ -89,14 +89,6 @@ impl Topology {
         format!("{}.retry.{}", self.prefix, self.retry_level_name(i))
     }
 
-    /// The level whose delay is closest to (and not above) `delay`, or the first.
-    pub fn level_for(&self, delay: Duration) -> usize {
-        self.retry_delays
-            .iter()
-            .rposition(|d| *d <= delay)
-            .unwrap_or(0)
-    }
-
     fn quorum_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         // Quorum: replicated, durable, and the only type with at-least-once dead-lettering.
@@ -266,7 +258,5 @@ mod tests {
         assert_eq!(t.retry_queue(0), "buyonce.retry.1s");
         assert_eq!(t.retry_queue(2), "buyonce.retry.10m");
         assert_eq!(t.retry_queue(9), "buyonce.retry.10m");
-        assert_eq!(t.level_for(Duration::from_secs(45)), 1);
-        assert_eq!(t.level_for(Duration::from_millis(10)), 0);
     }
 }

@@ -54,25 +54,8 @@ impl Store {
             .collect()
     }
 
-    /// Whether `commitment_id` is already in the ledger under another token (EC2/Redshift
+    /// Which of `commitment_ids` are in the ledger under another token (EC2/Redshift
     /// attribution: a commitment is never recovered by two items).
-    pub async fn attributed_elsewhere(
-        &self,
-        commitment_id: &str,
-        token: &str,
-    ) -> StoreResult<bool> {
-        let client = self.conn("attributed_elsewhere").await?;
-        let row = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM commitments WHERE commitment_id = $1 AND token <> $2)",
-                &[&commitment_id, &token],
-            )
-            .await?;
-        Ok(row.try_get(0)?)
-    }
-
-    /// Which of `commitment_ids` are in the ledger under another token (batch form of
-    /// [`Store::attributed_elsewhere`]).
     pub async fn attributed_among(
         &self,
         commitment_ids: &[String],
