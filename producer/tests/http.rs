@@ -378,6 +378,13 @@ async fn a_body_over_the_limit_is_413() {
         "{body}"
     );
     assert_eq!(h.count("executions").await, 0);
+    // The API's own handler answered (the listener streams bodies, it does not refuse them
+    // before the router), so the refusal is counted.
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"buyonce_producer_executions_submitted_total{outcome="invalid"} 1"#),
+        "{metrics}"
+    );
     server.stop().await;
     h.cleanup().await;
 }

@@ -4,13 +4,19 @@
 //! * **Header read timeout**: a connection that does not finish a request's headers in time is
 //!   closed; the clock also runs while a kept-alive connection waits for its next request, so
 //!   it is the idle timeout too.
-//! * **Body timeout**: a request body must arrive whole within its deadline (408 otherwise),
-//!   however slowly it drips; handlers see a complete body.
+//! * **Body timeout and size**: a request body must arrive whole within its deadline (408
+//!   otherwise), however slowly it drips, and stay under the size limit (413). The body is
+//!   streamed, not buffered here: a request the router refuses first (no bearer token) is never
+//!   read.
 //! * **Connection cap**: beyond it a new connection is answered `503` and closed at once, so
 //!   idle or slow clients cannot take every file descriptor.
 
 use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -18,8 +24,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::StatusCode;
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt as _;
@@ -120,43 +125,69 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// Reads the whole body within the deadline, then runs the router on the buffered request.
+/// Runs the router on the request with its body streamed through the deadline and the size
+/// limit — not buffered here, so the router's own layers (authentication first) decide
+/// whether the body is read at all, and its handlers answer an oversized body themselves
+/// (axum sees the limit error as 413).
 async fn handle(router: Router, request: Request<Incoming>, limits: HttpLimits) -> Response {
+    let timed_out = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
-    let read = http_body_util::Limited::new(body, limits.max_body_bytes).collect();
-    let bytes = match tokio::time::timeout(limits.body_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) => {
-            let too_large = e.is::<http_body_util::LengthLimitError>();
-            return if too_large {
-                refusal(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "request body is larger than {} bytes",
-                        limits.max_body_bytes
-                    ),
-                )
-            } else {
-                refusal(
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read",
-                )
-            };
-        }
-        Err(_) => {
-            return refusal(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {}s",
-                    limits.body_timeout.as_secs()
-                ),
-            )
-        }
+    let body = DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(limits.body_timeout)),
+        timed_out: timed_out.clone(),
     };
-    let request = Request::from_parts(parts, Body::from(bytes));
-    match router.oneshot(request).await {
+    let body = Body::new(http_body_util::Limited::new(body, limits.max_body_bytes));
+    let response = match router.oneshot(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(never) => match never {},
+    };
+    // Whatever the handler made of the failed read, the client was too slow.
+    if timed_out.load(Ordering::SeqCst) {
+        return refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s",
+                limits.body_timeout.as_secs()
+            ),
+        );
+    }
+    response
+}
+
+/// A request body that must arrive whole by a deadline, however slowly it drips: past it, the
+/// next read fails and `timed_out` is set.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.timed_out.store(true, Ordering::SeqCst);
+            return Poll::Ready(Some(Err("the request body did not arrive in time".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
