@@ -198,10 +198,7 @@ fn is_loopback_authority(authority: &str) -> bool {
         },
         None => authority.split(':').next().unwrap_or(""),
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    buyonce_shared::net::is_loopback_host(host)
 }
 
 async fn require_bearer(State(app): State<App>, request: Request, next: Next) -> Response {

@@ -770,10 +770,7 @@ pub fn redact_url(raw: &str) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let sensitive = matches!(
-                    k.to_ascii_lowercase().as_str(),
-                    "password" | "sslpassword" | "pass"
-                );
+                let sensitive = is_password_key(&k);
                 (
                     k.into_owned(),
                     if sensitive {
@@ -790,9 +787,8 @@ pub fn redact_url(raw: &str) -> String {
         return url.to_string();
     }
     // Looks like a URL but does not parse (libpq multi-host `h1:1,h2:2`, a bad port, a
-    // password with a `/` or `#`, …): the
-    // userinfo cannot be told apart reliably, so everything between `://` and the last `@`
-    // goes.
+    // password with a `/` or `#`, …): the userinfo cannot be told apart reliably, so
+    // everything between `://` and the last `@` goes.
     if let Some((scheme, rest)) = raw.split_once("://") {
         // The query's password parameters first (a value may hold an `@`), then the userinfo.
         let rest = redact_password_params(rest);
@@ -812,6 +808,13 @@ pub fn redact_url(raw: &str) -> String {
         .join(" ")
 }
 
+/// A URL query parameter that carries a password (`password`, `sslpassword`, `pass`, any case).
+fn is_password_key(key: &str) -> bool {
+    ["password", "sslpassword", "pass"]
+        .iter()
+        .any(|k| key.eq_ignore_ascii_case(k))
+}
+
 /// `…?a=1&password=x&b=2` → `…?a=1&password=***&b=2`: the value of every `password`,
 /// `sslpassword` or `pass` parameter (any case), up to the next `&` or the end.
 fn redact_password_params(s: &str) -> String {
@@ -826,11 +829,7 @@ fn redact_password_params(s: &str) -> String {
         rest = &rest[at + 1..];
         let key_end = rest.find(['=', '&']).unwrap_or(rest.len());
         let key = &rest[..key_end];
-        let sensitive = matches!(
-            key.to_ascii_lowercase().as_str(),
-            "password" | "sslpassword" | "pass"
-        );
-        if sensitive && rest[key_end..].starts_with('=') {
+        if is_password_key(key) && rest[key_end..].starts_with('=') {
             out.push_str(key);
             out.push_str("=***");
             rest = &rest[key_end + 1..];

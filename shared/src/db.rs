@@ -77,13 +77,7 @@ fn default_sslmode(pg: &tokio_postgres::Config) -> SslMode {
     let loopback = |host: &Host| match host {
         #[cfg(unix)]
         Host::Unix(_) => true,
-        Host::Tcp(name) => {
-            let name = name.trim_start_matches('[').trim_end_matches(']');
-            name.eq_ignore_ascii_case("localhost")
-                || name
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
+        Host::Tcp(name) => crate::net::is_loopback_host(name),
     };
     let addrs_loopback = pg.get_hostaddrs().iter().all(|ip| ip.is_loopback());
     if pg.get_hosts().iter().all(loopback) && addrs_loopback {

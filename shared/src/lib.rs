@@ -9,6 +9,7 @@ pub mod duration;
 pub mod envelope;
 pub mod http_server;
 pub mod ids;
+pub mod net;
 pub mod relay;
 pub mod shutdown;
 pub mod store;

@@ -5,7 +5,7 @@ use serde_json::Value;
 use tokio_postgres::{Client, Row};
 
 use super::items::{item_from_row, recommendation_json, ItemRow, ITEM_COLUMNS};
-use super::{Cas, Store, StoreError, StoreResult};
+use super::{cas_miss, Cas, Store, StoreError, StoreResult};
 use crate::document::ExecutionDocument;
 use crate::token::IdempotencyToken;
 
@@ -234,7 +234,7 @@ impl Store {
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        lost_race(&client, execution_id).await
+        cas_miss(&client, EXECUTION_STATUS, execution_id).await
     }
 
     /// `approved → running` once none of its items waits to be published any more (none is
@@ -259,7 +259,7 @@ impl Store {
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        lost_race(&client, execution_id).await
+        cas_miss(&client, EXECUTION_STATUS, execution_id).await
     }
 
     /// When no item of the execution is `queued` or `running` any more, sets its aggregate
@@ -431,7 +431,7 @@ impl Store {
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        lost_race(&client, execution_id).await
+        cas_miss(&client, EXECUTION_STATUS, execution_id).await
     }
 
     /// Executions with failed or dead items (for re-driving everything that failed).
@@ -448,9 +448,10 @@ impl Store {
     }
 }
 
-// Reads on a connection the caller holds. Rule for the whole store: no code path awaits a
-// second pooled connection while holding one (with every connection held by such a path, each
-// waits for another that never comes); a follow-up read reuses the held client.
+// Reads on a connection the caller holds (see `cas_miss` for the rule they serve).
+
+/// An execution's status, for [`cas_miss`].
+const EXECUTION_STATUS: &str = "SELECT status FROM executions WHERE execution_id = $1";
 
 async fn execution_on(client: &Client, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
     let row = client
@@ -473,20 +474,4 @@ async fn items_of_on(client: &Client, execution_id: &str) -> StoreResult<Vec<Ite
         )
         .await?;
     rows.iter().map(item_from_row).collect()
-}
-
-/// Why an execution CAS matched nothing: no such execution, or it is in another status.
-async fn lost_race(client: &Client, execution_id: &str) -> StoreResult<Cas<()>> {
-    let status = client
-        .query_opt(
-            "SELECT status FROM executions WHERE execution_id = $1",
-            &[&execution_id],
-        )
-        .await?;
-    Ok(match status {
-        None => Cas::NotFound,
-        Some(row) => Cas::Conflict {
-            actual: row.try_get(0)?,
-        },
-    })
 }

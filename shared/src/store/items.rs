@@ -13,14 +13,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Cas, Store, StoreError, StoreResult};
+use super::{cas_miss, Cas, Store, StoreError, StoreResult};
 use crate::document::Recommendation;
 use crate::envelope::PurchaseMessage;
 use crate::ids::{ExecutionId, LineageKey, RecIndex};
 use crate::token::IdempotencyToken;
+
+/// An item's status by token, for [`cas_miss`].
+const ITEM_STATUS: &str = "SELECT status FROM purchase_items WHERE token = $1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -452,25 +455,8 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => Self::classify_missing(&client, token).await,
+            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
         }
-    }
-
-    /// Why an item CAS matched nothing, read on the connection the CAS ran on (see the
-    /// store's rule in `executions.rs`: never await a second connection while holding one).
-    async fn classify_missing<T>(client: &Client, token: &IdempotencyToken) -> StoreResult<Cas<T>> {
-        let row = client
-            .query_opt(
-                "SELECT status FROM purchase_items WHERE token = $1",
-                &[&token.as_str()],
-            )
-            .await?;
-        Ok(match row {
-            None => Cas::NotFound,
-            Some(r) => Cas::Conflict {
-                actual: r.try_get(0)?,
-            },
-        })
     }
 
     /// After a transient failure: `running (our claim) → queued`, keeping the error, so the
@@ -500,7 +486,7 @@ impl Store {
         if n == 1 {
             Ok(Cas::Applied(()))
         } else {
-            Self::classify_missing(&client, token).await
+            cas_miss(&client, ITEM_STATUS, token.as_str()).await
         }
     }
 
@@ -536,7 +522,7 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => Self::classify_missing(&client, token).await,
+            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
         }
     }
 
@@ -558,10 +544,7 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => match IdempotencyToken::parse(token) {
-                Ok(t) => Self::classify_missing(&client, &t).await,
-                Err(_) => Ok(Cas::NotFound),
-            },
+            None => cas_miss(&client, ITEM_STATUS, token).await,
         }
     }
 
@@ -720,20 +703,7 @@ impl Store {
             .await?;
         match rows.first() {
             Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => {
-                let row = client
-                    .query_opt(
-                        "SELECT status FROM purchase_items WHERE token = $1",
-                        &[&token],
-                    )
-                    .await?;
-                Ok(match row {
-                    None => Cas::NotFound,
-                    Some(r) => Cas::Conflict {
-                        actual: r.try_get(0)?,
-                    },
-                })
-            }
+            None => cas_miss(&client, ITEM_STATUS, token).await,
         }
     }
 

@@ -83,6 +83,25 @@ impl<T> fmt::Display for Cas<T> {
     }
 }
 
+/// Why a compare-and-set matched nothing: no such row (`NotFound`), or the status the row
+/// has (`Conflict`). `status_sql` selects one row's status by `$1`. It runs on the connection
+/// the CAS ran on: no code path in the store waits for a second pooled connection while
+/// holding one (with every connection held by such a path, each waits for one that never
+/// comes).
+pub(crate) async fn cas_miss<T>(
+    client: &tokio_postgres::Client,
+    status_sql: &str,
+    key: &str,
+) -> StoreResult<Cas<T>> {
+    let row = client.query_opt(status_sql, &[&key]).await?;
+    Ok(match row {
+        None => Cas::NotFound,
+        Some(r) => Cas::Conflict {
+            actual: r.try_get(0)?,
+        },
+    })
+}
+
 /// The store: a pool and the SQL. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
