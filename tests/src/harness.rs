@@ -311,6 +311,16 @@ pub async fn handle_until_settled(
     }
 }
 
+/// The text of a worker's `/metrics` endpoint.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics endpoint answers")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Total provider calls (every operation) made against a fakecloud.
 pub fn total_calls(fc: &FakeCloud) -> u64 {
     fc.calls().values().sum()

@@ -73,12 +73,7 @@ async fn pause_stops_new_purchases_on_every_worker_and_resume_drains_the_backlog
         .await
         .unwrap();
     assert_eq!(ready["paused"], true, "{ready}");
-    let metrics = reqwest::get(format!("http://{}/metrics", workers[0].http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = buyonce_tests::harness::scrape_metrics(workers[0].http_addr).await;
     assert!(metrics.contains("buyonce_paused 1"), "{metrics}");
     // Nothing was dead-lettered and no attempt was counted for waiting.
     assert_eq!(

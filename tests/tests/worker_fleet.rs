@@ -82,12 +82,7 @@ async fn every_service_is_bought_exactly_once_though_every_message_is_published_
         .unwrap()
         .unwrap();
     assert_eq!(execution.status.as_str(), "completed");
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = buyonce_tests::harness::scrape_metrics(worker.http_addr).await;
     assert!(metrics.contains("buyonce_purchases_total"), "{metrics}");
     shutdown.cancel();
     worker.handle.await.unwrap().unwrap();

@@ -106,12 +106,7 @@ async fn a_panicking_handler_returns_its_message_to_the_queue_and_is_counted() {
         || async { (calls.load(Ordering::SeqCst) >= 2).then_some(()) },
     )
     .await;
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = buyonce_tests::harness::scrape_metrics(worker.http_addr).await;
     let panics: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("buyonce_handler_panics_total "))
