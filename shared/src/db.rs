@@ -155,6 +155,14 @@ fn manager(
 /// Builds a pool without touching the database.
 pub fn pool(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
     let (pg, mode, _) = pg_config(cfg)?;
+    pool_from(cfg, pg, mode)
+}
+
+fn pool_from(
+    cfg: &DatabaseConfig,
+    pg: tokio_postgres::Config,
+    mode: SslMode,
+) -> anyhow::Result<Pool> {
     Pool::builder(manager(cfg, pg, mode)?)
         .max_size(cfg.pool_size)
         .runtime(Runtime::Tokio1)
@@ -168,7 +176,7 @@ pub fn pool(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
 /// Connects: creates the database if it does not exist, creates the schema if one is
 /// configured, applies pending migrations, and returns the pool.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
-    let (_, mode, named) = pg_config(cfg)?;
+    let (pg, mode, named) = pg_config(cfg)?;
     tracing::info!(
         sslmode = mode.as_str(),
         from = if named {
@@ -178,7 +186,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<Pool> {
         },
         "Postgres TLS mode"
     );
-    let pool = pool(cfg)?;
+    let pool = pool_from(cfg, pg, mode)?;
     let first = pool.get().await;
     if let Err(e) = &first {
         if db_error_code(e) == Some(&SqlState::INVALID_CATALOG_NAME) {
