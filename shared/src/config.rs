@@ -801,7 +801,7 @@ pub fn redact_url(raw: &str) -> String {
     // libpq key=value form; redact anything that looks like a password value.
     raw.split_whitespace()
         .map(|part| match part.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            Some((k, _)) if is_password_key(k) => format!("{k}=***"),
             _ => part.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -891,6 +891,11 @@ mod redaction_properties {
         assert_eq!(
             redact_url("postgres://h?PassWord=@pw&x=1"),
             "postgres://h?PassWord=***&x=1"
+        );
+        // libpq's key=value form: the client key's passphrase too.
+        assert_eq!(
+            redact_url("host=db password=pw sslpassword=keypass user=u"),
+            "host=db password=*** sslpassword=*** user=u"
         );
         // The usual form keeps its user name.
         assert_eq!(
