@@ -11,13 +11,12 @@ use buyonce_shared::store::executions::Submitted;
 use buyonce_shared::store::{ItemRow, Store};
 use buyonce_shared::testing::{TestBroker, TestDb};
 use buyonce_shared::{ExecutionDocument, PurchaseMessage, Recommendation};
-use buyonce_worker::aws::{AwsClients, AwsSettings};
-use buyonce_worker::azure::{AzureClient, AzureSettings};
+use buyonce_worker::clients::aws::AwsSettings;
+use buyonce_worker::clients::azure::AzureSettings;
 use buyonce_worker::config::WorkerConfig;
-use buyonce_worker::consumer::{self, RunningWorker};
-use buyonce_worker::executors;
 use buyonce_worker::handler::{Handler, HandlerSettings, Outcome};
 use buyonce_worker::metrics::Metrics;
+use buyonce_worker::startup::{self, RunningWorker};
 use tokio_util::sync::CancellationToken;
 
 use crate::fakecloud::{FakeCloud, FakeCloudConfig, Realism, DEFAULT_TENANT};
@@ -118,24 +117,14 @@ impl World {
 
     pub async fn handler_with(&self, tweak: impl FnOnce(&mut HandlerSettings)) -> Handler {
         let c = self.worker_config();
-        let mut settings = HandlerSettings {
-            max_attempts: c.max_attempts,
-            heartbeat_interval: c.heartbeat_interval,
-            stale_after: c.stale_after,
-            dry_run: false,
-            daily_budget_usd: None,
-            tag_key: c.tag_key.clone(),
-            retry_delays: c.common.retry_delays.clone(),
-            per_account_concurrency: 64,
-            aws_settle_window: c.aws_settle_window,
-            azure_settle_window: c.azure_settle_window,
-        };
+        // The handler's own defaults are the worker's, built by the worker's own startup
+        // code; tests drive one handler with many accounts at once.
+        let mut settings = startup::handler_settings(&c);
+        settings.per_account_concurrency = 64;
         tweak(&mut settings);
-        let aws = AwsClients::new(self.aws_settings()).await;
-        let azure = AzureClient::new(&self.azure_settings()).expect("azure client");
         Handler::new(
             self.store().clone(),
-            executors::registry(aws, Some(azure)),
+            startup::executors_for(&c).await.expect("executors"),
             settings,
             Arc::new(Metrics::new()),
         )
@@ -168,7 +157,7 @@ impl World {
 
     /// Starts a worker in this process.
     pub async fn start_worker(&self, shutdown: CancellationToken) -> RunningWorker {
-        consumer::spawn(self.worker_config(), shutdown)
+        startup::spawn(self.worker_config(), shutdown)
             .await
             .expect("worker starts")
     }

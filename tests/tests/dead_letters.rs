@@ -39,7 +39,7 @@ async fn a_transiently_failed_item_replayed_after_recovery_is_bought_exactly_onc
     let mut config = world.worker_config();
     config.max_attempts = 2;
     let shutdown = CancellationToken::new();
-    let worker = buyonce_worker::consumer::spawn(config, shutdown.clone())
+    let worker = buyonce_worker::startup::spawn(config, shutdown.clone())
         .await
         .unwrap();
     // The provider throttles every purchase: two attempts, then the item is dead.
@@ -104,7 +104,7 @@ async fn replaying_an_item_whose_last_attempt_did_buy_recovers_instead_of_buying
     let mut config = world.worker_config();
     config.max_attempts = 1;
     let shutdown = CancellationToken::new();
-    let worker = buyonce_worker::consumer::spawn(config, shutdown.clone())
+    let worker = buyonce_worker::startup::spawn(config, shutdown.clone())
         .await
         .unwrap();
     // The only attempt buys, but its response is lost: the item dies not knowing it bought.

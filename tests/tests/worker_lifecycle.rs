@@ -9,10 +9,9 @@ use async_trait::async_trait;
 use buyonce_shared::Service;
 use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, wait_for, World};
-use buyonce_worker::consumer;
-use buyonce_worker::executors::{
-    Executor, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
-};
+use buyonce_worker::error::PurchaseError;
+use buyonce_worker::executors::{Executor, PurchaseContext, PurchaseRequest, Purchased};
+use buyonce_worker::startup;
 use tokio_util::sync::CancellationToken;
 
 const PURCHASE: &str = "savingsplans:CreateSavingsPlan";
@@ -31,7 +30,7 @@ async fn shutdown_waits_one_grace_for_a_purchase_that_does_not_finish() {
     let mut config = world.worker_config();
     config.shutdown_grace = grace;
     let shutdown = CancellationToken::new();
-    let worker = consumer::spawn(config, shutdown.clone()).await.unwrap();
+    let worker = startup::spawn(config, shutdown.clone()).await.unwrap();
     world
         .enqueue(&execution(
             "exec-stop",
@@ -83,7 +82,7 @@ async fn a_panicking_handler_returns_its_message_to_the_queue_and_is_counted() {
     let calls = Arc::new(AtomicUsize::new(0));
     let executor = Panicking(calls.clone());
     let shutdown = CancellationToken::new();
-    let worker = consumer::spawn_with(
+    let worker = startup::spawn_with(
         world.worker_config(),
         |registry| {
             registry.insert(Service::SavingsPlans, Arc::new(executor));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use buyonce_shared::config::{self, vars, CommonConfig, ConfigError, EnvSource, ProcessEnv};
 
-use crate::aws::AwsSettings;
-use crate::azure::AzureSettings;
+use crate::clients::aws::AwsSettings;
+use crate::clients::azure::AzureSettings;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

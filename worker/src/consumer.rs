@@ -4,7 +4,6 @@
 //! or the copy confirmed in a retry or dead-letter queue). A crash anywhere before the ack
 //! makes the broker redeliver it, which the token makes safe.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -12,10 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use buyonce_shared::amqp::{self, dead_letters, headers, Publisher, Topology};
-use buyonce_shared::db;
 use buyonce_shared::envelope::PurchaseMessage;
 use buyonce_shared::store::Store;
-use buyonce_shared::Service;
 use futures::{FutureExt as _, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -28,131 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::aws::AwsClients;
-use crate::azure::AzureClient;
 use crate::config::WorkerConfig;
-use crate::executors::{self, Executor};
-use crate::handler::{Handler, HandlerSettings, Outcome};
-use crate::http::{self, Health};
+use crate::handler::{Handler, Outcome};
+use crate::http::Health;
 use crate::metrics::Metrics;
-
-/// A started worker.
-pub struct RunningWorker {
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    pub http_addr: std::net::SocketAddr,
-    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-    pub metrics: Arc<Metrics>,
-}
-
-/// Starts the worker: connects to Postgres (creating and migrating it), builds the executors,
-/// serves the health endpoint and consumes until `shutdown`, then drains in-flight purchases
-/// for at most the shutdown grace.
-pub async fn spawn(
-    config: WorkerConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<RunningWorker> {
-    spawn_with(config, |_| {}, shutdown).await
-}
-
-/// [`spawn`], with a chance to change the executor registry first (tests put a misbehaving
-/// executor in to see what the consumer does with it).
-pub async fn spawn_with(
-    config: WorkerConfig,
-    tweak_executors: impl FnOnce(&mut HashMap<Service, Arc<dyn Executor>>),
-    shutdown: CancellationToken,
-) -> anyhow::Result<RunningWorker> {
-    let pool = connect_db_with_retry(&config, &shutdown).await?;
-    let store = Store::new(pool);
-    let aws = AwsClients::new(config.aws.clone()).await;
-    let azure = match &config.azure {
-        Some(settings) => Some(AzureClient::new(settings).context("Azure client")?),
-        None => None,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let mut registry = executors::registry(aws, azure);
-    tweak_executors(&mut registry);
-    let handler = Arc::new(Handler::new(
-        store.clone(),
-        registry,
-        HandlerSettings {
-            max_attempts: config.max_attempts,
-            heartbeat_interval: config.heartbeat_interval,
-            stale_after: config.stale_after,
-            dry_run: config.dry_run,
-            daily_budget_usd: config.daily_budget_usd,
-            tag_key: config.tag_key.clone(),
-            retry_delays: config.common.retry_delays.clone(),
-            per_account_concurrency: config.per_account_concurrency,
-            aws_settle_window: config.aws_settle_window,
-            azure_settle_window: config.azure_settle_window,
-        },
-        metrics.clone(),
-    ));
-    let health = Arc::new(Health {
-        metrics: metrics.clone(),
-        store: store.clone(),
-        broker_up: false.into(),
-    });
-    let http_addr = http::serve(config.listen, health.clone(), shutdown.clone()).await?;
-    info!(listen = %http_addr, concurrency = config.concurrency, dry_run = config.dry_run, "worker started");
-    let worker = Consumer {
-        topology: Topology::from_config(&config.common),
-        config,
-        handler,
-        metrics: metrics.clone(),
-        health,
-        store,
-    };
-    let handle = tokio::spawn(async move { worker.run(shutdown).await });
-    Ok(RunningWorker {
-        http_addr,
-        handle,
-        metrics,
-    })
-}
-
-/// Runs until `shutdown` and the drain finish.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let running = spawn(config, shutdown).await?;
-    running.handle.await.context("worker task")?
-}
-
-async fn connect_db_with_retry(
-    config: &WorkerConfig,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<deadpool_postgres::Pool> {
-    let mut wait = Duration::from_millis(500);
-    let mut tries = 0;
-    loop {
-        match db::connect(&config.common.database).await {
-            Ok(pool) => return Ok(pool),
-            // Waiting does not fix a refused certificate or password: fail at once, loudly.
-            Err(e) if is_configuration_problem(&e) => return Err(e),
-            Err(e) if tries < 8 => {
-                warn!(error = %format!("{e:#}"), retry_in = ?wait, "Postgres not ready");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(e),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                tries += 1;
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn is_configuration_problem(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}").to_ascii_lowercase();
-    [
-        "certificate",
-        "password authentication failed",
-        "no pg_hba.conf entry",
-        "does not exist",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
-}
 
 /// The one shutdown deadline: fixed when the drain starts, and every wait after it (the
 /// session's, then `run`'s for purchases still in flight) ends by it. Two waits of a full grace
@@ -180,17 +56,20 @@ impl Drain {
     }
 }
 
-struct Consumer {
-    config: WorkerConfig,
-    topology: Topology,
-    handler: Arc<Handler>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    store: Store,
+/// The consume loop of one worker, built by [`crate::startup`].
+pub struct Consumer {
+    pub config: WorkerConfig,
+    pub topology: Topology,
+    pub handler: Arc<Handler>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub store: Store,
 }
 
 impl Consumer {
-    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Consumes (reconnecting after broker trouble) until `shutdown`, then drains in-flight
+    /// purchases until the one shutdown deadline.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let drain = Drain::new(self.config.shutdown_grace);
         let mut backoff = Duration::from_millis(200);

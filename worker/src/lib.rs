@@ -1,17 +1,20 @@
 //! buyonce worker fleet and reaper.
 //!
-//! Layout: [`consumer`] (the AMQP loop and the one place outcomes become acks / retries / dead
-//! letters), [`handler`] (decides an [`handler::Outcome`] per message), [`executors`] (one file per
-//! provider service), [`reaper`] (the stale-row sweeper), plus clients ([`aws`], [`azure`]),
-//! [`locks`], [`metrics`], [`http`] and [`config`]. The store lives in `buyonce_shared::store`.
+//! Layout: [`startup`] (builds a worker from its configuration — the binary and the test harness
+//! both call it), [`consumer`] (the AMQP loop and the one place outcomes become acks / retries /
+//! dead letters), [`handler`] (decides an [`handler::Outcome`] per message), [`executors`] (one
+//! file per provider service), [`clients`] (AWS SDK clients per account and region, the Azure
+//! Resource Manager client), [`error`] (why a purchase did not happen), [`reaper`] (the
+//! stale-row sweeper), plus [`metrics`], [`http`] and [`config`]. The store, and all SQL, lives
+//! in `buyonce_shared::store`.
 
-pub mod aws;
-pub mod azure;
+pub mod clients;
 pub mod config;
 pub mod consumer;
+pub mod error;
 pub mod executors;
 pub mod handler;
 pub mod http;
-pub mod locks;
 pub mod metrics;
 pub mod reaper;
+pub mod startup;

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the worker and the reaper.
+//! The worker's Prometheus metrics (`buyonce_*`), served on its `/metrics` (the reaper has its
+//! own, in `reaper::metrics`).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -7,6 +7,7 @@ pub mod control;
 pub mod dead_letters;
 pub mod executions;
 pub mod items;
+pub mod locks;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -187,22 +188,31 @@ impl Store {
                 return Err(StoreError::Pool(text));
             }
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut held) = self.held.lock() {
-            held.insert(
-                id,
-                Holder {
-                    what,
-                    since: Instant::now(),
-                    task,
-                },
-            );
-        }
+        let id = self.register(Holder {
+            what,
+            since: Instant::now(),
+            task,
+        });
         Ok(Conn {
             object,
             id,
             held: self.held.clone(),
         })
+    }
+
+    /// Lists a checked-out connection among the holders; the ID unregisters it.
+    fn register(&self, holder: Holder) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(id, holder);
+        }
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&id);
+        }
     }
 
     /// `claim×3 (longest 1.2s), heartbeat×1 (0.0s)`.

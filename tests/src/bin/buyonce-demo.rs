@@ -21,8 +21,8 @@ use buyonce_shared::{db, ExecutionDocument};
 use buyonce_tests::fakecloud::{
     FakeCloud, FakeCloudConfig, FaultRule, Faults, Realism, DEFAULT_TENANT,
 };
-use buyonce_worker::aws::AwsSettings;
-use buyonce_worker::azure::AzureSettings;
+use buyonce_worker::clients::aws::AwsSettings;
+use buyonce_worker::clients::azure::AzureSettings;
 use buyonce_worker::config::WorkerConfig;
 use buyonce_worker::reaper::{Reaper, ReaperConfig};
 use clap::Parser;
@@ -216,7 +216,7 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
         let config = worker_config(i)?;
         let token = shutdown.clone();
         rt.spawn(async move {
-            if let Err(e) = buyonce_worker::consumer::run(config, token).await {
+            if let Err(e) = buyonce_worker::startup::run(config, token).await {
                 eprintln!("worker failed: {e:#}");
             }
         });

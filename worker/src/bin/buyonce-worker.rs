@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = buyonce_shared::shutdown::on_signals();
-        match buyonce_worker::consumer::run(config, shutdown).await {
+        match buyonce_worker::startup::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "worker failed");

@@ -30,7 +30,7 @@ use super::{
     required, Executor, How, PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest,
     Purchased,
 };
-use crate::azure::{AzureClient, Order, OrderState, PutOutcome};
+use crate::clients::azure::{AzureClient, Order, OrderState, PutOutcome};
 
 pub struct AzureReservations {
     azure: AzureClient,

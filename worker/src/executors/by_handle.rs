@@ -24,10 +24,10 @@ use async_trait::async_trait;
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
 use super::{
-    aws_liveness, ended_commitment, exactly_one, offering_key, Executor, How, Liveness,
+    aws_liveness, ended_commitment, exactly_one, offering_key, required, Executor, How, Liveness,
     OfferingCache, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
-use crate::aws::AwsClients;
+use crate::clients::aws::{AwsClients, Clients, SdkClient};
 
 /// A reservation as a describe call shows it, reduced to what the flow needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,25 +68,25 @@ pub trait HandleService: Send + Sync + 'static {
     /// What to tell the operator when the handle's reservation is not live.
     const ENDED_ADVICE: &'static str = "submit the recommendation again under a new \
         idempotency_key to buy it (after fixing the payment method if payment failed)";
-    type Client: Send + Sync;
+    /// The service's SDK client.
+    type Sdk: SdkClient;
 
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError>;
     /// The handle for `token` (validated against the service's rules).
     fn handle(token: &IdempotencyToken) -> Result<String, PurchaseError>;
     /// Reservations carrying `handle` (a failed lookup refuses to buy).
     async fn find(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         handle: &str,
         rec: &Recommendation,
     ) -> Result<Vec<Reservation>, PurchaseError>;
     /// Offerings matching the recommendation (every page).
     async fn offerings(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Vec<Offering>, PurchaseError>;
     /// The purchase call, sent once (no SDK retries).
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         handle: &str,
         count: i32,
@@ -160,7 +160,10 @@ impl<S: HandleService> Executor for ByHandle<S> {
     ) -> Result<Purchased, PurchaseError> {
         let rec = req.rec;
         let handle = S::handle(req.token)?;
-        let client = S::client(&self.aws, rec).await?;
+        let client = self
+            .aws
+            .clients::<S::Sdk>(&rec.account, required(&rec.region, "region")?)
+            .await?;
         let count = rec.units() as i32;
 
         if let Some(found) = pick::<S>(S::find(&client, &handle, rec).await?, How::Guard)? {

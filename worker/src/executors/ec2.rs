@@ -21,10 +21,12 @@ use aws_sdk_ec2::types::{
 use buyonce_shared::document::OfferingClass;
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::aws_errors::{classify, classify_purchase, code, lookup_failed, offering_lookup_failed};
 use super::snapshot::{BySnapshot, Commitment, OfferingInfo, SnapshotService};
 use super::{all_pages, exactly_one, required, PurchaseError};
-use crate::aws::{no_retry, AwsClients};
+use crate::clients::aws::errors::{
+    classify, classify_purchase, code, lookup_failed, offering_lookup_failed,
+};
+use crate::clients::aws::Clients;
 
 /// The EC2 executor.
 pub type Ec2 = BySnapshot<Ec2Service>;
@@ -98,7 +100,7 @@ fn states_filter() -> Filter {
 /// Writes the token tag, retrying briefly while a fresh RI ID is not yet visible to CreateTags
 /// (EC2 is eventually consistent right after a create).
 async fn tag(
-    client: &aws_sdk_ec2::Client,
+    client: &Clients<aws_sdk_ec2::Client>,
     ri_id: &str,
     tag_key: &str,
     token: &IdempotencyToken,
@@ -109,12 +111,11 @@ async fn tag(
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
         match client
+            .once
             .create_tags()
             .resources(ri_id)
             .tags(Tag::builder().key(tag_key).value(token.as_str()).build())
             // This loop is the retry policy; the SDK's own retries would multiply it.
-            .customize()
-            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(no_retry()))
             .send()
             .await
         {
@@ -128,20 +129,16 @@ async fn tag(
 #[async_trait]
 impl SnapshotService for Ec2Service {
     const NAME: &'static str = "ec2";
-    type Client = aws_sdk_ec2::Client;
+    type Sdk = aws_sdk_ec2::Client;
     type Offering = Offering;
 
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
-        aws.ec2(&rec.account, required(&rec.region, "region")?)
-            .await
-    }
-
     async fn find_by_token(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         tag_key: &str,
         token: &IdempotencyToken,
     ) -> Result<Option<Commitment>, PurchaseError> {
         let out = client
+            .lookup
             .describe_reserved_instances()
             .filters(
                 Filter::builder()
@@ -164,7 +161,7 @@ impl SnapshotService for Ec2Service {
     }
 
     async fn resolve_offering(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Offering, PurchaseError> {
         let instance_type = required(&rec.resource_type, "resource_type")?;
@@ -174,6 +171,7 @@ impl SnapshotService for Ec2Service {
             .unwrap_or_else(|| "Linux/UNIX".to_owned());
         let class = rec.offering_class.unwrap_or(OfferingClass::Standard);
         let mut lookup = client
+            .lookup
             .describe_reserved_instances_offerings()
             .instance_tenancy(Tenancy::Default)
             .include_marketplace(false)
@@ -236,12 +234,13 @@ impl SnapshotService for Ec2Service {
     }
 
     async fn dry_run(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         count: i32,
     ) -> Result<(), PurchaseError> {
         // EC2's native dry run checks permissions and the offering without buying.
         let result = client
+            .lookup
             .purchase_reserved_instances_offering()
             .reserved_instances_offering_id(&offering.id)
             .instance_count(count)
@@ -261,13 +260,14 @@ impl SnapshotService for Ec2Service {
     }
 
     async fn list_matching(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         o: &Offering,
         tag_key: &str,
         token: &IdempotencyToken,
     ) -> Result<Vec<Commitment>, PurchaseError> {
         // DescribeReservedInstances is not paginated (no NextToken in the model).
         let out = client
+            .lookup
             .describe_reserved_instances()
             .filters(
                 Filter::builder()
@@ -301,16 +301,15 @@ impl SnapshotService for Ec2Service {
     }
 
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         count: i32,
     ) -> Result<String, PurchaseError> {
         let bought = client
+            .once
             .purchase_reserved_instances_offering()
             .reserved_instances_offering_id(&offering.id)
             .instance_count(count)
-            .customize()
-            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(no_retry()))
             .send()
             .await
             .map_err(|e| classify_purchase("ec2:PurchaseReservedInstancesOffering", &e))?;
@@ -323,7 +322,7 @@ impl SnapshotService for Ec2Service {
     }
 
     async fn mark(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         id: &str,
         tag_key: &str,
         token: &IdempotencyToken,
@@ -338,7 +337,7 @@ impl SnapshotService for Ec2Service {
     }
 
     async fn remark(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         id: &str,
         tag_key: &str,
         token: &IdempotencyToken,

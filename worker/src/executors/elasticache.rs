@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use aws_sdk_elasticache::types::{ReservedCacheNode, Tag};
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::aws_errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
 use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PurchaseError};
-use crate::aws::{no_retry, AwsClients};
+use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::Clients;
 
 const MAX_ID: usize = 60;
 
@@ -36,23 +36,19 @@ fn reservation(r: &ReservedCacheNode) -> Reservation {
 impl HandleService for ElastiCacheService {
     const NAME: &'static str = "elasticache";
     const UNIQUE_HANDLE: bool = true;
-    type Client = aws_sdk_elasticache::Client;
-
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
-        aws.elasticache(&rec.account, required(&rec.region, "region")?)
-            .await
-    }
+    type Sdk = aws_sdk_elasticache::Client;
 
     fn handle(token: &IdempotencyToken) -> Result<String, PurchaseError> {
         Ok(token.reservation_id("ec-", MAX_ID))
     }
 
     async fn find(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         handle: &str,
         _rec: &Recommendation,
     ) -> Result<Vec<Reservation>, PurchaseError> {
         match client
+            .lookup
             .describe_reserved_cache_nodes()
             .reserved_cache_node_id(handle)
             .send()
@@ -65,10 +61,10 @@ impl HandleService for ElastiCacheService {
     }
 
     async fn offerings(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Vec<Offering>, PurchaseError> {
-        let mut lookup = client.describe_reserved_cache_nodes_offerings();
+        let mut lookup = client.lookup.describe_reserved_cache_nodes_offerings();
         match &rec.offering_id {
             Some(oid) => lookup = lookup.reserved_cache_nodes_offering_id(oid),
             None => {
@@ -103,22 +99,19 @@ impl HandleService for ElastiCacheService {
     }
 
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         handle: &str,
         count: i32,
         (tag_key, token): (&str, &str),
     ) -> Result<Bought, PurchaseError> {
         let result = client
+            .once
             .purchase_reserved_cache_nodes_offering()
             .reserved_cache_nodes_offering_id(&offering.id)
             .reserved_cache_node_id(handle)
             .cache_node_count(count)
             .tags(Tag::builder().key(tag_key).value(token).build())
-            .customize()
-            .config_override(
-                aws_sdk_elasticache::config::Builder::default().retry_config(no_retry()),
-            )
             .send()
             .await;
         match result {

@@ -14,7 +14,6 @@
 //! derived from the token (RDS, ElastiCache, MemoryDB, OpenSearch), [`snapshot`] for those
 //! without one (EC2, Redshift).
 
-pub mod aws_errors;
 pub mod azure;
 pub mod by_handle;
 pub mod ec2;
@@ -27,7 +26,6 @@ pub mod savings_plans;
 pub mod snapshot;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -35,8 +33,9 @@ use buyonce_shared::{IdempotencyToken, Recommendation, Service};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::aws::AwsClients;
-use crate::azure::AzureClient;
+use crate::clients::aws::AwsClients;
+use crate::clients::azure::AzureClient;
+use crate::error::{PermanentKind, PurchaseError};
 
 /// Everything an executor needs to know about the item it buys.
 pub struct PurchaseRequest<'a> {
@@ -81,99 +80,6 @@ pub struct Purchased {
     pub how: How,
     /// Bought, but the token tag is not written yet (EC2); the reaper retries it.
     pub tag_pending: bool,
-}
-
-/// Why a permanent failure is permanent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PermanentKind {
-    /// The provider rejected the request as invalid.
-    Validation,
-    /// No offering (or several) match the recommendation.
-    UnknownOffering,
-    /// The offering costs more than `max_upfront_usd`.
-    SpendCap,
-    /// Credentials refused or for the wrong account.
-    Auth,
-    /// Insufficient funds / billing refused.
-    Funds,
-    /// The commitment carrying the token exists but is no longer live (payment failed,
-    /// retired, returned, cancelled): the token's handle is used up.
-    NotLive,
-}
-
-/// Why a purchase did not end in a commitment. The handler maps these to retry / dead letter.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PurchaseError {
-    /// May succeed later (throttling, failed guard lookup, lock busy, a refused call): nothing
-    /// was bought by this attempt's purchase call, or none was made.
-    Transient(String),
-    /// The purchase call's outcome is unknown (timeout, 5xx, dropped connection, a purchase
-    /// still provisioning): it may have bought. The next attempt starts with the guard and,
-    /// finding nothing, waits for the settle window before it could buy again.
-    Ambiguous(String),
-    /// An earlier attempt's purchase may still become visible: nothing found yet, so wait
-    /// until `until` and look again; do not count an attempt.
-    Settling {
-        until: DateTime<Utc>,
-        message: String,
-    },
-    /// Will not succeed without a change; nothing was bought.
-    Permanent {
-        kind: PermanentKind,
-        message: String,
-    },
-    /// The daily budget is exhausted: wait, do not count an attempt.
-    OverBudget(String),
-    /// Dry run: everything resolved, nothing bought.
-    DryRun(String),
-    /// The fleet was paused between the claim and the buy call: wait, do not count an attempt.
-    Paused,
-}
-
-impl PurchaseError {
-    pub fn transient(msg: impl Into<String>) -> Self {
-        PurchaseError::Transient(msg.into())
-    }
-    pub fn permanent(kind: PermanentKind, msg: impl Into<String>) -> Self {
-        PurchaseError::Permanent {
-            kind,
-            message: msg.into(),
-        }
-    }
-    pub fn ambiguous(msg: impl Into<String>) -> Self {
-        PurchaseError::Ambiguous(msg.into())
-    }
-
-    /// The message without the variant's prefix.
-    pub fn message(&self) -> String {
-        match self {
-            PurchaseError::Transient(m)
-            | PurchaseError::Ambiguous(m)
-            | PurchaseError::OverBudget(m)
-            | PurchaseError::DryRun(m)
-            | PurchaseError::Permanent { message: m, .. }
-            | PurchaseError::Settling { message: m, .. } => m.clone(),
-            PurchaseError::Paused => "fleet paused".into(),
-        }
-    }
-}
-
-impl fmt::Display for PurchaseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PurchaseError::Transient(m) => write!(f, "transient: {m}"),
-            PurchaseError::Ambiguous(m) => write!(f, "outcome unknown: {m}"),
-            PurchaseError::Settling { until, message } => {
-                write!(f, "settling until {}: {message}", until.to_rfc3339())
-            }
-            PurchaseError::Permanent { kind, message } => {
-                write!(f, "permanent ({kind:?}): {message}")
-            }
-            PurchaseError::OverBudget(m) => write!(f, "over budget: {m}"),
-            PurchaseError::DryRun(m) => write!(f, "dry run: {m}"),
-            PurchaseError::Paused => f.write_str("fleet paused"),
-        }
-    }
 }
 
 /// What executors ask of the worker while buying.

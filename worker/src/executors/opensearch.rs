@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use aws_sdk_opensearch::types::{ReservedInstance, ReservedInstancePaymentOption};
 use buyonce_shared::{IdempotencyToken, Payment, Recommendation};
 
-use super::aws_errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
 use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PermanentKind, PurchaseError};
-use crate::aws::{no_retry, AwsClients};
+use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::Clients;
 
 /// The OpenSearch executor.
 pub type OpenSearch = ByHandle<OpenSearchService>;
@@ -74,24 +74,20 @@ fn reservation(r: &ReservedInstance, rec: &Recommendation) -> Reservation {
 impl HandleService for OpenSearchService {
     const NAME: &'static str = "opensearch";
     const UNIQUE_HANDLE: bool = false;
-    type Client = aws_sdk_opensearch::Client;
-
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
-        aws.opensearch(&rec.account, required(&rec.region, "region")?)
-            .await
-    }
+    type Sdk = aws_sdk_opensearch::Client;
 
     fn handle(token: &IdempotencyToken) -> Result<String, PurchaseError> {
         reservation_name(token)
     }
 
     async fn find(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         handle: &str,
         rec: &Recommendation,
     ) -> Result<Vec<Reservation>, PurchaseError> {
         all_pages(|next| {
             let request = client
+                .lookup
                 .describe_reserved_instances()
                 .set_next_token(next)
                 .max_results(100);
@@ -113,13 +109,14 @@ impl HandleService for OpenSearchService {
     }
 
     async fn offerings(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Vec<Offering>, PurchaseError> {
         let instance_type = required(&rec.resource_type, "resource_type")?;
         let wanted_payment = payment_option(rec.payment);
         all_pages(|next| {
             let mut lookup = client
+                .lookup
                 .describe_reserved_instance_offerings()
                 .max_results(100);
             if let Some(oid) = &rec.offering_id {
@@ -155,21 +152,18 @@ impl HandleService for OpenSearchService {
     }
 
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         handle: &str,
         count: i32,
         _tag: (&str, &str),
     ) -> Result<Bought, PurchaseError> {
         let result = client
+            .once
             .purchase_reserved_instance_offering()
             .reserved_instance_offering_id(&offering.id)
             .reservation_name(handle)
             .instance_count(count)
-            .customize()
-            .config_override(
-                aws_sdk_opensearch::config::Builder::default().retry_config(no_retry()),
-            )
             .send()
             .await;
         match result {

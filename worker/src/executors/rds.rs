@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use aws_sdk_rds::types::{ReservedDbInstance, Tag};
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::aws_errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
 use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PurchaseError};
-use crate::aws::{no_retry, AwsClients};
+use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::Clients;
 
 /// RDS reservation IDs: letters, digits and hyphens; 44 characters here.
 const MAX_ID: usize = 60;
@@ -37,23 +37,19 @@ fn reservation(r: &ReservedDbInstance) -> Reservation {
 impl HandleService for RdsService {
     const NAME: &'static str = "rds";
     const UNIQUE_HANDLE: bool = true;
-    type Client = aws_sdk_rds::Client;
-
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
-        aws.rds(&rec.account, required(&rec.region, "region")?)
-            .await
-    }
+    type Sdk = aws_sdk_rds::Client;
 
     fn handle(token: &IdempotencyToken) -> Result<String, PurchaseError> {
         Ok(token.reservation_id("rds-", MAX_ID))
     }
 
     async fn find(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         handle: &str,
         _rec: &Recommendation,
     ) -> Result<Vec<Reservation>, PurchaseError> {
         match client
+            .lookup
             .describe_reserved_db_instances()
             .reserved_db_instance_id(handle)
             .send()
@@ -70,10 +66,10 @@ impl HandleService for RdsService {
     }
 
     async fn offerings(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Vec<Offering>, PurchaseError> {
-        let mut lookup = client.describe_reserved_db_instances_offerings();
+        let mut lookup = client.lookup.describe_reserved_db_instances_offerings();
         match &rec.offering_id {
             Some(oid) => lookup = lookup.reserved_db_instances_offering_id(oid),
             None => {
@@ -109,20 +105,19 @@ impl HandleService for RdsService {
     }
 
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         handle: &str,
         count: i32,
         (tag_key, token): (&str, &str),
     ) -> Result<Bought, PurchaseError> {
         let result = client
+            .once
             .purchase_reserved_db_instances_offering()
             .reserved_db_instances_offering_id(&offering.id)
             .reserved_db_instance_id(handle)
             .db_instance_count(count)
             .tags(Tag::builder().key(tag_key).value(token).build())
-            .customize()
-            .config_override(aws_sdk_rds::config::Builder::default().retry_config(no_retry()))
             .send()
             .await;
         match result {

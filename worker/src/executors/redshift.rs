@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use aws_sdk_redshift::types::ReservedNode;
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::aws_errors::{classify_purchase, lookup_failed, offering_lookup_failed};
 use super::snapshot::{BySnapshot, Commitment, OfferingInfo, SnapshotService};
 use super::{all_pages, exactly_one, required, PurchaseError};
-use crate::aws::{no_retry, AwsClients};
+use crate::clients::aws::errors::{classify_purchase, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::Clients;
 
 /// The Redshift executor.
 pub type Redshift = BySnapshot<RedshiftService>;
@@ -51,21 +51,19 @@ fn commitment(n: &ReservedNode) -> Commitment {
 #[async_trait]
 impl SnapshotService for RedshiftService {
     const NAME: &'static str = "redshift";
-    type Client = aws_sdk_redshift::Client;
+    type Sdk = aws_sdk_redshift::Client;
     type Offering = Offering;
 
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError> {
-        aws.redshift(&rec.account, required(&rec.region, "region")?)
-            .await
-    }
-
     async fn resolve_offering(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Offering, PurchaseError> {
         let node_type = required(&rec.resource_type, "resource_type")?;
         let offerings = all_pages(|marker| {
-            let mut lookup = client.describe_reserved_node_offerings().max_records(100);
+            let mut lookup = client
+                .lookup
+                .describe_reserved_node_offerings()
+                .max_records(100);
             if let Some(oid) = &rec.offering_id {
                 lookup = lookup.reserved_node_offering_id(oid);
             }
@@ -96,13 +94,14 @@ impl SnapshotService for RedshiftService {
     }
 
     async fn list_matching(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         _tag_key: &str,
         _token: &IdempotencyToken,
     ) -> Result<Vec<Commitment>, PurchaseError> {
         all_pages(|marker| {
             let request = client
+                .lookup
                 .describe_reserved_nodes()
                 .set_marker(marker)
                 .max_records(100);
@@ -126,16 +125,15 @@ impl SnapshotService for RedshiftService {
     }
 
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Offering,
         count: i32,
     ) -> Result<String, PurchaseError> {
         let out = client
+            .once
             .purchase_reserved_node_offering()
             .reserved_node_offering_id(&offering.id)
             .node_count(count)
-            .customize()
-            .config_override(aws_sdk_redshift::config::Builder::default().retry_config(no_retry()))
             .send()
             .await
             .map_err(|e| classify_purchase("redshift:PurchaseReservedNodeOffering", &e))?;

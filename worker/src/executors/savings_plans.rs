@@ -21,12 +21,12 @@ use aws_sdk_savingsplans::types::{
 use buyonce_shared::document::PlanType;
 use buyonce_shared::{IdempotencyToken, Payment, Recommendation};
 
-use super::aws_errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
 use super::{
     all_pages, ended_commitment, exactly_one, offering_key, Executor, How, OfferingCache,
     PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
-use crate::aws::{no_retry, AwsClients};
+use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::{AwsClients, SAVINGS_PLANS_REGION};
 
 pub struct SavingsPlans {
     aws: AwsClients,
@@ -229,7 +229,10 @@ impl Executor for SavingsPlans {
         ctx: &dyn PurchaseContext,
     ) -> Result<Purchased, PurchaseError> {
         let rec = req.rec;
-        let client = self.aws.savings_plans(&rec.account).await?;
+        let client = self
+            .aws
+            .clients::<aws_sdk_savingsplans::Client>(&rec.account, SAVINGS_PLANS_REGION)
+            .await?;
         let tag_key = ctx.tag_key();
         let commitment = rec.commitment_usd_per_hour.ok_or_else(|| {
             PurchaseError::permanent(
@@ -238,13 +241,13 @@ impl Executor for SavingsPlans {
             )
         })?;
 
-        if let Some(found) = find_by_token(&client, tag_key, req.token, How::Guard).await? {
+        if let Some(found) = find_by_token(&client.lookup, tag_key, req.token, How::Guard).await? {
             return Ok(found);
         }
 
         let offering_id = self
             .offerings
-            .get_or_try(offering_key(rec), || resolve_offering(&client, rec))
+            .get_or_try(offering_key(rec), || resolve_offering(&client.lookup, rec))
             .await?;
         // AWS prices a plan by the commitment it sends back: the string, not the f64.
         let commitment_text = commitment_string(commitment);
@@ -256,6 +259,7 @@ impl Executor for SavingsPlans {
         ctx.settle_gate()?;
 
         let mut create = client
+            .once
             .create_savings_plan()
             .savings_plan_offering_id(&offering_id)
             .commitment(&commitment_text)
@@ -265,13 +269,7 @@ impl Executor for SavingsPlans {
         if rec.payment == Payment::PartialUpfront {
             create = create.upfront_payment_amount(format!("{upfront:.0}"));
         }
-        let created = create
-            .customize()
-            .config_override(
-                aws_sdk_savingsplans::config::Builder::default().retry_config(no_retry()),
-            )
-            .send()
-            .await;
+        let created = create.send().await;
         match created {
             Ok(out) => match out.savings_plan_id() {
                 Some(id) if !id.is_empty() => Ok(Purchased {
@@ -287,7 +285,7 @@ impl Executor for SavingsPlans {
             // The only client error the model declares for CreateSavingsPlan: after an earlier
             // call that may have gone through, it may be AWS refusing the token's reuse.
             Err(e) if code(&e) == Some("ValidationException") && req.ambiguous_at.is_some() => {
-                match find_by_token(&client, tag_key, req.token, How::Recovered).await? {
+                match find_by_token(&client.lookup, tag_key, req.token, How::Recovered).await? {
                     Some(found) => Ok(found),
                     None => Err(PurchaseError::ambiguous(format!(
                         "savingsplans:CreateSavingsPlan refused a retry after an earlier call whose outcome is unknown, and no plan carries the token yet: {}",

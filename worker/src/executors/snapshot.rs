@@ -18,10 +18,10 @@ use buyonce_shared::{IdempotencyToken, Recommendation};
 use serde_json::{json, Value};
 
 use super::{
-    aws_liveness, ended_commitment, offering_key, Executor, How, Liveness, OfferingCache,
+    aws_liveness, ended_commitment, offering_key, required, Executor, How, Liveness, OfferingCache,
     PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
-use crate::aws::AwsClients;
+use crate::clients::aws::{AwsClients, Clients, SdkClient};
 
 /// A commitment of the offering, as the service's describe call shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,25 +51,25 @@ pub trait OfferingInfo: Clone + Send + Sync + 'static {
 pub trait SnapshotService: Send + Sync + 'static {
     /// `ec2`, `redshift`: messages, the intent's key and the lock key.
     const NAME: &'static str;
-    type Client: Send + Sync;
+    /// The service's SDK client.
+    type Sdk: SdkClient;
     type Offering: OfferingInfo;
 
-    async fn client(aws: &AwsClients, rec: &Recommendation) -> Result<Self::Client, PurchaseError>;
     /// The commitment carrying the token, where the service can carry one (EC2's tag).
     async fn find_by_token(
-        _client: &Self::Client,
+        _client: &Clients<Self::Sdk>,
         _tag_key: &str,
         _token: &IdempotencyToken,
     ) -> Result<Option<Commitment>, PurchaseError> {
         Ok(None)
     }
     async fn resolve_offering(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         rec: &Recommendation,
     ) -> Result<Self::Offering, PurchaseError>;
     /// The provider's own dry run, if it has one (EC2 `DryRun`).
     async fn dry_run(
-        _client: &Self::Client,
+        _client: &Clients<Self::Sdk>,
         _offering: &Self::Offering,
         _count: i32,
     ) -> Result<(), PurchaseError> {
@@ -77,21 +77,21 @@ pub trait SnapshotService: Send + Sync + 'static {
     }
     /// Commitments of the offering in the account and region, live or ended (not retired).
     async fn list_matching(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Self::Offering,
         tag_key: &str,
         token: &IdempotencyToken,
     ) -> Result<Vec<Commitment>, PurchaseError>;
     /// The purchase call, sent once; the new commitment's ID.
     async fn buy(
-        client: &Self::Client,
+        client: &Clients<Self::Sdk>,
         offering: &Self::Offering,
         count: i32,
     ) -> Result<String, PurchaseError>;
     /// Writes the token where the next guard looks for it (EC2's tag); `true` when it could not
     /// be written yet (recorded as `tag_pending`, retried by the reaper).
     async fn mark(
-        _client: &Self::Client,
+        _client: &Clients<Self::Sdk>,
         _id: &str,
         _tag_key: &str,
         _token: &IdempotencyToken,
@@ -100,7 +100,7 @@ pub trait SnapshotService: Send + Sync + 'static {
     }
     /// Re-writes the mark of a recorded commitment; `Ok(true)` when it is in place.
     async fn remark(
-        _client: &Self::Client,
+        _client: &Clients<Self::Sdk>,
         _id: &str,
         _tag_key: &str,
         _token: &IdempotencyToken,
@@ -159,7 +159,10 @@ impl<S: SnapshotService> Executor for BySnapshot<S> {
     ) -> Result<Purchased, PurchaseError> {
         let rec = req.rec;
         let count = rec.units() as i32;
-        let client = S::client(&self.aws, rec).await?;
+        let client = self
+            .aws
+            .clients::<S::Sdk>(&rec.account, required(&rec.region, "region")?)
+            .await?;
         let tag_key = ctx.tag_key();
 
         if let Some(c) = S::find_by_token(&client, tag_key, req.token).await? {
@@ -278,7 +281,10 @@ impl<S: SnapshotService> Executor for BySnapshot<S> {
         commitment_id: &str,
         tag_key: &str,
     ) -> Result<bool, PurchaseError> {
-        let client = S::client(&self.aws, rec).await?;
+        let client = self
+            .aws
+            .clients::<S::Sdk>(&rec.account, required(&rec.region, "region")?)
+            .await?;
         S::remark(&client, commitment_id, tag_key, token).await
     }
 }

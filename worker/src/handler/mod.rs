@@ -4,31 +4,32 @@
 //! Per message: decode strictly → check the token derives from (lineage, index) → claim in
 //! Postgres (authorises against the approved item) → buy through the service's executor while
 //! heartbeating → record the commitment and the item's success in one statement → done.
+//!
+//! Beside the decision: `context` (the purchase scope an executor buys through, which gives back
+//! the offering lock and the budget it took), `heartbeat`, and [`limits`] (the per-account
+//! limiter and the offering locks).
+
+mod context;
+mod heartbeat;
+pub mod limits;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use buyonce_shared::store::control::Reservation;
 use buyonce_shared::store::items::{Claim, Recorded};
 use buyonce_shared::store::{Cas, ItemStatus, Store};
-use buyonce_shared::{
-    DeadLetterReason, IdempotencyToken, PurchaseMessage, Recommendation, Service,
-};
+use buyonce_shared::{DeadLetterReason, IdempotencyToken, PurchaseMessage, Service};
 use rand::Rng;
-use serde_json::Value;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
 
-use crate::executors::{
-    Executor, PermanentKind, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
-};
-use crate::locks::{OfferingLock, OfferingLocks};
+use self::context::{Bought, PurchaseScope};
+use self::heartbeat::with_heartbeat;
+use self::limits::{AccountLimiter, OfferingLocks};
+use crate::error::{PermanentKind, PurchaseError};
+use crate::executors::{Executor, PurchaseRequest, Purchased};
 use crate::metrics::Metrics;
 
 /// What to do with a delivery.
@@ -84,26 +85,6 @@ impl HandlerSettings {
     }
 }
 
-/// Limits in-flight purchases per cloud account, so one throttled account cannot take every
-/// slot of the worker.
-#[derive(Default)]
-struct AccountLimiter {
-    limit: usize,
-    semaphores: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl AccountLimiter {
-    async fn acquire(&self, account: &str) -> Option<OwnedSemaphorePermit> {
-        let sem = {
-            let mut map = self.semaphores.lock().ok()?;
-            map.entry(account.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limit.max(1))))
-                .clone()
-        };
-        sem.acquire_owned().await.ok()
-    }
-}
-
 /// Handles purchase messages. Cheap to share (`Arc`).
 pub struct Handler {
     store: Store,
@@ -121,12 +102,9 @@ impl Handler {
         settings: HandlerSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let accounts = AccountLimiter {
-            limit: settings.per_account_concurrency,
-            semaphores: Default::default(),
-        };
+        let accounts = AccountLimiter::new(settings.per_account_concurrency);
         Self {
-            offering_locks: OfferingLocks::new(store.pool().clone()),
+            offering_locks: OfferingLocks::new(store.clone()),
             store,
             executors,
             settings,
@@ -286,17 +264,15 @@ impl Handler {
             };
         };
 
-        let ctx = WorkerContext {
-            store: &self.store,
-            token: &msg.token,
+        let scope = PurchaseScope::new(
+            &self.store,
+            &msg.token,
             claim_id,
-            rec: &msg.recommendation,
-            settings: &self.settings,
-            offering_locks: &self.offering_locks,
-            lock: Mutex::new(None),
-            reserved: AtomicBool::new(false),
+            &msg.recommendation,
+            &self.settings,
+            &self.offering_locks,
             ambiguous_at,
-        };
+        );
         let req = PurchaseRequest {
             token: &msg.token,
             rec: &msg.recommendation,
@@ -312,7 +288,7 @@ impl Handler {
             &msg.token,
             claim_id,
             self.settings.heartbeat_interval,
-            executor.purchase(&req, &ctx),
+            executor.purchase(&req, &scope),
         )
         .await;
         drop(in_flight);
@@ -335,8 +311,7 @@ impl Handler {
                     .get_or_create(&labels(purchased.how.as_str()))
                     .inc();
                 let outcome = self.record(&msg, &purchased).await;
-                // The offering lock (if any) is released only now, after the record.
-                drop(ctx);
+                scope.close(Bought::Maybe).await;
                 outcome
             }
             Err(e @ (PurchaseError::Transient(_) | PurchaseError::Ambiguous(_))) => {
@@ -352,7 +327,7 @@ impl Handler {
                     .purchases
                     .get_or_create(&labels(if ambiguous { "ambiguous" } else { "transient" }))
                     .inc();
-                drop(ctx);
+                scope.close(Bought::Maybe).await;
                 if attempts >= self.settings.max_attempts {
                     let error = format!("gave up after {attempts} attempts; last error: {error}");
                     warn!(%error, "attempts exhausted; item is dead");
@@ -384,13 +359,8 @@ impl Handler {
                     .purchases
                     .get_or_create(&labels("permanent"))
                     .inc();
-                let reserved = ctx.reserved.load(Ordering::SeqCst);
-                drop(ctx);
+                scope.close(Bought::Nothing).await;
                 warn!(kind = ?kind, error = %message, "permanent failure; nothing bought");
-                if reserved {
-                    // Certainly not bought: give the budget back.
-                    let _ = self.store.release_budget(msg.token.as_str()).await;
-                }
                 self.end(&msg.token, claim_id, ItemStatus::Failed, &message, false)
                     .await;
                 Outcome::Dead {
@@ -407,7 +377,7 @@ impl Handler {
                     .purchases
                     .get_or_create(&labels("over-budget"))
                     .inc();
-                drop(ctx);
+                scope.close(Bought::Maybe).await;
                 info!(%message, "daily budget exhausted; item waits");
                 let _ = self
                     .store
@@ -420,7 +390,7 @@ impl Handler {
                     .purchases
                     .get_or_create(&labels("settling"))
                     .inc();
-                drop(ctx);
+                scope.close(Bought::Maybe).await;
                 // Looked at again at least every longest retry delay: a longer per-message TTL
                 // would hold up the messages behind it in that wait queue.
                 let longest = self
@@ -450,7 +420,7 @@ impl Handler {
                 self.retry_after_at_least(wait.max(Duration::from_millis(100)), "settling")
             }
             Err(PurchaseError::Paused) => {
-                drop(ctx);
+                scope.close(Bought::Maybe).await;
                 self.metrics.paused.set(1);
                 let _ = self
                     .store
@@ -469,7 +439,7 @@ impl Handler {
                     .purchases
                     .get_or_create(&labels("dry-run"))
                     .inc();
-                drop(ctx);
+                scope.close(Bought::Maybe).await;
                 let error = format!(
                     "dry run, nothing bought: would buy {message}; re-drive with dry run off to buy"
                 );
@@ -566,167 +536,6 @@ impl Handler {
             // The reaper fixes the aggregate later.
             Err(e) => warn!(error = %e, "could not update the execution's status"),
         }
-    }
-}
-
-/// Runs `fut`, refreshing the item's heartbeat every `interval` so the reaper never reaps a
-/// live purchase.
-///
-/// The heartbeat runs as its own task. Awaiting it inside a `select!` branch next to `fut`
-/// would stop polling `fut` while the heartbeat waits for a pooled connection — and when every
-/// connection is held by such a suspended `fut` (mid-query), nothing moves until the pool's
-/// wait timeout: a fleet-wide stall under load.
-async fn with_heartbeat<F: Future>(
-    store: &Store,
-    token: &IdempotencyToken,
-    claim_id: Uuid,
-    interval: Duration,
-    fut: F,
-) -> F::Output {
-    let store = store.clone();
-    let token = token.clone();
-    let beats = tokio::spawn(
-        async move {
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                match store.heartbeat(&token, claim_id).await {
-                    Ok(true) => debug!("heartbeat"),
-                    Ok(false) => warn!("heartbeat found the claim gone; the purchase continues and will be recorded"),
-                    Err(e) => warn!(error = %e, "heartbeat failed"),
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    // Stops the heartbeats however this future ends (completion or cancellation).
-    struct AbortOnDrop(tokio::task::JoinHandle<()>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _beats = AbortOnDrop(beats);
-    fut.await
-}
-
-/// The worker side of [`PurchaseContext`] for one item.
-struct WorkerContext<'a> {
-    store: &'a Store,
-    token: &'a IdempotencyToken,
-    claim_id: Uuid,
-    rec: &'a Recommendation,
-    settings: &'a HandlerSettings,
-    offering_locks: &'a OfferingLocks,
-    lock: Mutex<Option<OfferingLock>>,
-    reserved: AtomicBool,
-    ambiguous_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-#[async_trait]
-impl PurchaseContext for WorkerContext<'_> {
-    async fn authorize_spend(&self, upfront_usd: f64, what: &str) -> Result<(), PurchaseError> {
-        if let Some(cap) = self.rec.max_upfront_usd {
-            if upfront_usd > cap + 1e-6 {
-                return Err(PurchaseError::permanent(
-                    PermanentKind::SpendCap,
-                    format!(
-                        "{what} costs ${upfront_usd:.2} upfront, above max_upfront_usd ${cap:.2}; nothing bought"
-                    ),
-                ));
-            }
-        }
-        if self.settings.dry_run {
-            return Err(PurchaseError::DryRun(format!(
-                "{what} for ${upfront_usd:.2} upfront"
-            )));
-        }
-        // The brake is checked again right before the buy call, not only at the claim.
-        match self.store.pause_state().await {
-            Ok(p) if p.paused => return Err(PurchaseError::Paused),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(PurchaseError::transient(format!(
-                    "cannot read the pause flag: {e}"
-                )))
-            }
-        }
-        if let Some(budget) = self.settings.daily_budget_usd {
-            match self.store.reserve_budget(self.token.as_str(), upfront_usd, budget).await {
-                Ok(Reservation::Reserved | Reservation::AlreadyReserved) => {
-                    self.reserved.store(true, Ordering::SeqCst);
-                }
-                Ok(Reservation::OverBudget {
-                    reserved_usd,
-                    budget_usd,
-                }) => {
-                    return Err(PurchaseError::OverBudget(format!(
-                        "today's reserved spend ${reserved_usd:.2} + ${upfront_usd:.2} for {what} would exceed the daily budget ${budget_usd:.2}"
-                    )))
-                }
-                Err(e) => return Err(PurchaseError::transient(format!("budget reservation failed: {e}"))),
-            }
-        }
-        Ok(())
-    }
-
-    async fn save_intent(&self, state: &Value) -> Result<(), PurchaseError> {
-        match self
-            .store
-            .set_provider_state(self.token, self.claim_id, state)
-            .await
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(PurchaseError::transient(
-                "lost the claim before saving the purchase intent; not buying",
-            )),
-            Err(e) => Err(PurchaseError::transient(format!(
-                "cannot save the purchase intent, not buying: {e}"
-            ))),
-        }
-    }
-
-    async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError> {
-        let lock = self.offering_locks.acquire(key).await?;
-        *self.lock.lock().await = Some(lock);
-        Ok(())
-    }
-
-    async fn attributed_elsewhere(
-        &self,
-        commitment_ids: &[String],
-    ) -> Result<Vec<String>, PurchaseError> {
-        self.store
-            .attributed_among(commitment_ids, self.token.as_str())
-            .await
-            .map_err(|e| PurchaseError::transient(format!("ledger lookup failed, not buying: {e}")))
-    }
-
-    fn settle_gate(&self) -> Result<(), PurchaseError> {
-        let Some(since) = self.ambiguous_at else {
-            return Ok(());
-        };
-        let window = self.settings.settle_window(self.rec.service.provider());
-        let until = since + chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
-        if chrono::Utc::now() < until {
-            return Err(PurchaseError::Settling {
-                until,
-                message: format!(
-                    "an earlier purchase call ({}) may have gone through and is not visible yet",
-                    since.to_rfc3339()
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    fn tag_key(&self) -> &str {
-        &self.settings.tag_key
-    }
-
-    fn dry_run(&self) -> bool {
-        self.settings.dry_run
     }
 }
 

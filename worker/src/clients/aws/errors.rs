@@ -12,7 +12,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::{PermanentKind, PurchaseError};
+use crate::error::{PermanentKind, PurchaseError};
 
 const THROTTLING: &[&str] = &[
     "Throttling",

@@ -18,7 +18,9 @@ use aws_credential_types::Credentials;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use tokio::sync::Mutex;
 
-use crate::executors::{aws_errors, PermanentKind, PurchaseError};
+use crate::error::{PermanentKind, PurchaseError};
+
+pub mod errors;
 
 /// How to reach AWS.
 #[derive(Debug, Clone, Default)]
@@ -79,7 +81,7 @@ impl AwsClients {
             )
             .region(Region::new(region))
             // Lookups retry throttling inside the SDK; purchase calls override this to a
-            // single attempt (see `no_retry`).
+            // single attempt (see [`Clients::once`]).
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .timeout_config(
                 TimeoutConfig::builder()
@@ -174,7 +176,7 @@ impl AwsClients {
             .get_caller_identity()
             .send()
             .await
-            .map_err(|e| aws_errors::lookup_failed("sts:GetCallerIdentity", &e))?;
+            .map_err(|e| errors::lookup_failed("sts:GetCallerIdentity", &e))?;
         let actual = identity.account().unwrap_or_default();
         if actual != account {
             return Err(PurchaseError::permanent(
@@ -189,73 +191,61 @@ impl AwsClients {
         Ok(provider)
     }
 
-    pub async fn ec2(
+    /// The clients of SDK `C` for `account` in `region`, with verified credentials: one for
+    /// lookups (the SDK retries throttling), one for calls sent exactly once (purchases).
+    pub async fn clients<C: SdkClient>(
         &self,
         account: &str,
         region: &str,
-    ) -> Result<aws_sdk_ec2::Client, PurchaseError> {
-        Ok(aws_sdk_ec2::Client::new(
-            &self.config(account, region).await?,
-        ))
-    }
-    pub async fn savings_plans(
-        &self,
-        account: &str,
-    ) -> Result<aws_sdk_savingsplans::Client, PurchaseError> {
-        // Savings Plans is a global service served from us-east-1.
-        Ok(aws_sdk_savingsplans::Client::new(
-            &self.config(account, "us-east-1").await?,
-        ))
-    }
-    pub async fn rds(
-        &self,
-        account: &str,
-        region: &str,
-    ) -> Result<aws_sdk_rds::Client, PurchaseError> {
-        Ok(aws_sdk_rds::Client::new(
-            &self.config(account, region).await?,
-        ))
-    }
-    pub async fn elasticache(
-        &self,
-        account: &str,
-        region: &str,
-    ) -> Result<aws_sdk_elasticache::Client, PurchaseError> {
-        Ok(aws_sdk_elasticache::Client::new(
-            &self.config(account, region).await?,
-        ))
-    }
-    pub async fn memorydb(
-        &self,
-        account: &str,
-        region: &str,
-    ) -> Result<aws_sdk_memorydb::Client, PurchaseError> {
-        Ok(aws_sdk_memorydb::Client::new(
-            &self.config(account, region).await?,
-        ))
-    }
-    pub async fn opensearch(
-        &self,
-        account: &str,
-        region: &str,
-    ) -> Result<aws_sdk_opensearch::Client, PurchaseError> {
-        Ok(aws_sdk_opensearch::Client::new(
-            &self.config(account, region).await?,
-        ))
-    }
-    pub async fn redshift(
-        &self,
-        account: &str,
-        region: &str,
-    ) -> Result<aws_sdk_redshift::Client, PurchaseError> {
-        Ok(aws_sdk_redshift::Client::new(
-            &self.config(account, region).await?,
-        ))
+    ) -> Result<Clients<C>, PurchaseError> {
+        let config = self.config(account, region).await?;
+        let once = config
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
+        Ok(Clients {
+            lookup: C::from_conf(&config),
+            once: C::from_conf(&once),
+        })
     }
 }
 
-/// Purchase calls are sent exactly once by the SDK: a retry inside the SDK after a lost
-/// response would buy twice where the provider has no client token (EC2, Redshift).
-pub fn no_retry() -> RetryConfig {
-    RetryConfig::disabled()
+/// One service's SDK client for one (account, region), in the two retry policies buying needs.
+#[derive(Clone, Debug)]
+pub struct Clients<C> {
+    /// Describe, offering and tag calls: the SDK retries throttling (standard, 3 attempts).
+    pub lookup: C,
+    /// Calls the SDK sends exactly once: purchases (a retry inside the SDK after a lost
+    /// response would buy twice where the provider has no client token: EC2, Redshift; a
+    /// possibly-committed purchase is retried only through the queue, guard first) and calls
+    /// whose caller is the retry policy (EC2's tag loop).
+    pub once: C,
 }
+
+/// An `aws-sdk-*` client, built from an [`SdkConfig`].
+pub trait SdkClient: Sized + Send + Sync + 'static {
+    fn from_conf(config: &SdkConfig) -> Self;
+}
+
+macro_rules! sdk_clients {
+    ($($client:ty),* $(,)?) => {
+        $(impl SdkClient for $client {
+            fn from_conf(config: &SdkConfig) -> Self {
+                <$client>::new(config)
+            }
+        })*
+    };
+}
+
+sdk_clients!(
+    aws_sdk_ec2::Client,
+    aws_sdk_savingsplans::Client,
+    aws_sdk_rds::Client,
+    aws_sdk_elasticache::Client,
+    aws_sdk_memorydb::Client,
+    aws_sdk_opensearch::Client,
+    aws_sdk_redshift::Client,
+);
+
+/// Savings Plans is a global service served from us-east-1.
+pub const SAVINGS_PLANS_REGION: &str = "us-east-1";
