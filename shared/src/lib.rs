@@ -14,6 +14,8 @@ pub mod relay;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod text;
 pub mod tls;
 pub mod token;
@@ -22,4 +24,3 @@ pub use document::{ExecutionDocument, Payment, Provider, Recommendation, Service
 pub use envelope::{DeadLetterReason, PurchaseMessage};
 pub use ids::{ExecutionId, LineageKey, RecIndex};
 pub use token::IdempotencyToken;
-pub mod testing;
