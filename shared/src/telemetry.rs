@@ -1,6 +1,7 @@
 //! Logging: one subscriber for every binary, pretty for people or JSON for collectors.
 
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::config::LogFormat;
@@ -9,6 +10,17 @@ use crate::config::LogFormat;
 /// more than once (tests); later calls are ignored.
 pub fn init(format: LogFormat) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // At debug, every closed span is logged with its duration (`time.busy`, `time.idle`): one
+    // item's trace then shows each provider call (`provider_call`, debug) and how long it took.
+    // At info, spans only lend their fields to events.
+    let span_events = if filter
+        .max_level_hint()
+        .is_some_and(|level| level >= LevelFilter::DEBUG)
+    {
+        FmtSpan::CLOSE
+    } else {
+        FmtSpan::NONE
+    };
     // tokio-postgres logs every statement's parameters at debug: whole idempotency tokens,
     // which logs never carry (DESIGN §2). Capped at info whenever the filter goes below it.
     if filter
@@ -27,7 +39,10 @@ pub fn init(format: LogFormat) {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false)
+                    // Every enclosing span's fields: an event inside a provider call still
+                    // names its item (execution, index, masked token).
+                    .with_span_list(true)
+                    .with_span_events(span_events.clone())
                     .with_writer(std::io::stderr),
             )
             .try_init(),
@@ -36,6 +51,7 @@ pub fn init(format: LogFormat) {
                 fmt::layer()
                     .compact()
                     .with_target(false)
+                    .with_span_events(span_events)
                     .with_writer(std::io::stderr),
             )
             .try_init(),

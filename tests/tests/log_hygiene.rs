@@ -309,6 +309,28 @@ async fn no_password_api_token_azure_secret_or_whole_token_reaches_any_log_line(
         masked.iter().any(|m| worker_log.contains(m.as_str())),
         "the worker logs tokens, masked"
     );
+    // At debug, one item's trace shows each provider call and how long it took, inside the
+    // item's span (whose token is masked; the scan below finds any whole one).
+    let purchase_call = worker_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "close" && v["span"]["op"] == "savingsplans:CreateSavingsPlan")
+        .unwrap_or_else(|| {
+            let closes: Vec<&str> = worker_log.lines().filter(|l| l.contains("\"close\"")).take(5).collect();
+            panic!("a closed provider_call span for the Savings Plans purchase; close events: {closes:#?}")
+        });
+    assert_eq!(purchase_call["span"]["name"], "provider_call");
+    assert!(purchase_call["time.busy"].is_string(), "{purchase_call}");
+    let item = purchase_call["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == "item"))
+        .unwrap_or_else(|| panic!("the call is inside its item's span: {purchase_call}"));
+    assert!(
+        masked
+            .iter()
+            .any(|m| item["token"].as_str() == Some(m.as_str())),
+        "{item}"
+    );
     let found = leaks(&written, &secrets);
     assert!(
         found.is_empty(),

@@ -99,6 +99,12 @@ fn states_filter() -> Filter {
 
 /// Writes the token tag, retrying briefly while a fresh RI ID is not yet visible to CreateTags
 /// (EC2 is eventually consistent right after a create).
+#[tracing::instrument(
+    name = "provider_call",
+    level = "debug",
+    skip_all,
+    fields(op = "ec2:CreateTags")
+)]
 async fn tag(
     client: &Clients<aws_sdk_ec2::Client>,
     ri_id: &str,
@@ -132,6 +138,12 @@ impl SnapshotService for Ec2Service {
     type Sdk = aws_sdk_ec2::Client;
     type Offering = Offering;
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "ec2:DescribeReservedInstances")
+    )]
     async fn find_by_token(
         client: &Clients<Self::Sdk>,
         tag_key: &str,
@@ -160,6 +172,12 @@ impl SnapshotService for Ec2Service {
         Ok(found.into_iter().next())
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "ec2:DescribeReservedInstancesOfferings")
+    )]
     async fn resolve_offering(
         client: &Clients<Self::Sdk>,
         rec: &Recommendation,
@@ -233,6 +251,12 @@ impl SnapshotService for Ec2Service {
         exactly_one(found, &rec.describe())
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "ec2:PurchaseReservedInstancesOffering (dry run)")
+    )]
     async fn dry_run(
         client: &Clients<Self::Sdk>,
         offering: &Offering,
@@ -259,6 +283,12 @@ impl SnapshotService for Ec2Service {
         }
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "ec2:DescribeReservedInstances")
+    )]
     async fn list_matching(
         client: &Clients<Self::Sdk>,
         o: &Offering,
@@ -300,6 +330,12 @@ impl SnapshotService for Ec2Service {
             .collect())
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "ec2:PurchaseReservedInstancesOffering")
+    )]
     async fn buy(
         client: &Clients<Self::Sdk>,
         offering: &Offering,

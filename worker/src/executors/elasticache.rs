@@ -42,6 +42,12 @@ impl HandleService for ElastiCacheService {
         Ok(token.reservation_id("ec-", MAX_ID))
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "elasticache:DescribeReservedCacheNodes")
+    )]
     async fn find(
         client: &Clients<Self::Sdk>,
         handle: &str,
@@ -60,6 +66,12 @@ impl HandleService for ElastiCacheService {
         }
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "elasticache:DescribeReservedCacheNodesOfferings")
+    )]
     async fn offerings(
         client: &Clients<Self::Sdk>,
         rec: &Recommendation,
@@ -98,6 +110,12 @@ impl HandleService for ElastiCacheService {
         .await
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "elasticache:PurchaseReservedCacheNodesOffering")
+    )]
     async fn buy(
         client: &Clients<Self::Sdk>,
         offering: &Offering,

@@ -44,6 +44,12 @@ impl HandleService for MemoryDbService {
         Ok(token.reservation_id("mdb-", MAX_ID))
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "memorydb:DescribeReservedNodes")
+    )]
     async fn find(
         client: &Clients<Self::Sdk>,
         handle: &str,
@@ -62,6 +68,12 @@ impl HandleService for MemoryDbService {
         }
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "memorydb:DescribeReservedNodesOfferings")
+    )]
     async fn offerings(
         client: &Clients<Self::Sdk>,
         rec: &Recommendation,
@@ -99,6 +111,12 @@ impl HandleService for MemoryDbService {
         .await
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "memorydb:PurchaseReservedNodesOffering")
+    )]
     async fn buy(
         client: &Clients<Self::Sdk>,
         offering: &Offering,

@@ -80,6 +80,12 @@ impl HandleService for OpenSearchService {
         reservation_name(token)
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "opensearch:DescribeReservedInstances")
+    )]
     async fn find(
         client: &Clients<Self::Sdk>,
         handle: &str,
@@ -108,6 +114,12 @@ impl HandleService for OpenSearchService {
         .await
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "opensearch:DescribeReservedInstanceOfferings")
+    )]
     async fn offerings(
         client: &Clients<Self::Sdk>,
         rec: &Recommendation,
@@ -151,6 +163,12 @@ impl HandleService for OpenSearchService {
         .await
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "opensearch:PurchaseReservedInstanceOffering")
+    )]
     async fn buy(
         client: &Clients<Self::Sdk>,
         offering: &Offering,

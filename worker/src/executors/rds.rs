@@ -43,6 +43,12 @@ impl HandleService for RdsService {
         Ok(token.reservation_id("rds-", MAX_ID))
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "rds:DescribeReservedDBInstances")
+    )]
     async fn find(
         client: &Clients<Self::Sdk>,
         handle: &str,
@@ -65,6 +71,12 @@ impl HandleService for RdsService {
         }
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "rds:DescribeReservedDBInstancesOfferings")
+    )]
     async fn offerings(
         client: &Clients<Self::Sdk>,
         rec: &Recommendation,
@@ -104,6 +116,12 @@ impl HandleService for RdsService {
         .await
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "rds:PurchaseReservedDBInstancesOffering")
+    )]
     async fn buy(
         client: &Clients<Self::Sdk>,
         offering: &Offering,

@@ -54,6 +54,12 @@ impl SnapshotService for RedshiftService {
     type Sdk = aws_sdk_redshift::Client;
     type Offering = Offering;
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "redshift:DescribeReservedNodeOfferings")
+    )]
     async fn resolve_offering(
         client: &Clients<Self::Sdk>,
         rec: &Recommendation,
@@ -93,6 +99,12 @@ impl SnapshotService for RedshiftService {
         exactly_one(offerings, &rec.describe())
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "redshift:DescribeReservedNodes")
+    )]
     async fn list_matching(
         client: &Clients<Self::Sdk>,
         offering: &Offering,
@@ -124,6 +136,12 @@ impl SnapshotService for RedshiftService {
         .await
     }
 
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "redshift:PurchaseReservedNodeOffering")
+    )]
     async fn buy(
         client: &Clients<Self::Sdk>,
         offering: &Offering,

@@ -20,6 +20,7 @@ use aws_sdk_savingsplans::types::{
 };
 use buyonce_shared::document::PlanType;
 use buyonce_shared::{IdempotencyToken, Payment, Recommendation};
+use tracing::Instrument as _;
 
 use super::{
     all_pages, ended_commitment, exactly_one, offering_key, Executor, How, OfferingCache,
@@ -113,6 +114,12 @@ fn plan_is_live(state: Option<&SavingsPlanState>) -> bool {
 
 /// The guard: the plan carrying the token, if any. An ended one (payment failed, returned,
 /// deleted from the queue) is a permanent error: buying again is the operator's decision.
+#[tracing::instrument(
+    name = "provider_call",
+    level = "debug",
+    skip_all,
+    fields(op = "savingsplans:DescribeSavingsPlans")
+)]
 async fn find_by_token(
     client: &aws_sdk_savingsplans::Client,
     tag_key: &str,
@@ -172,6 +179,12 @@ async fn find_by_token(
     }
 }
 
+#[tracing::instrument(
+    name = "provider_call",
+    level = "debug",
+    skip_all,
+    fields(op = "savingsplans:DescribeSavingsPlansOfferings")
+)]
 async fn resolve_offering(
     client: &aws_sdk_savingsplans::Client,
     rec: &Recommendation,
@@ -269,7 +282,13 @@ impl Executor for SavingsPlans {
         if rec.payment == Payment::PartialUpfront {
             create = create.upfront_payment_amount(format!("{upfront:.0}"));
         }
-        let created = create.send().await;
+        let created = create
+            .send()
+            .instrument(tracing::debug_span!(
+                "provider_call",
+                op = "savingsplans:CreateSavingsPlan"
+            ))
+            .await;
         match created {
             Ok(out) => match out.savings_plan_id() {
                 Some(id) if !id.is_empty() => Ok(Purchased {

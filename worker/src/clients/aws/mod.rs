@@ -139,6 +139,7 @@ impl AwsClients {
         Ok(config)
     }
 
+    #[tracing::instrument(name = "provider_call", level = "debug", skip_all, fields(op = "sts:AssumeRole+GetCallerIdentity", account = %account))]
     async fn credentials_for(
         &self,
         account: &str,

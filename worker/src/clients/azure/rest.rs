@@ -118,6 +118,12 @@ impl AzureClient {
     }
 
     /// `POST /providers/Microsoft.Capacity/calculatePrice`: a quote and the order ID to buy with.
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "azure:CalculatePrice")
+    )]
     pub async fn calculate_price(&self, request: &Value) -> Result<Quote, PurchaseError> {
         let op = "azure:calculatePrice";
         // A quote buys nothing; retrying it only mints another order ID, and only the one used
@@ -151,6 +157,12 @@ impl AzureClient {
     }
 
     /// `GET reservationOrders/{id}`; `None` for `ReservationOrderNotFound` (or a 404).
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "azure:GetReservationOrder")
+    )]
     pub async fn get_order(&self, order_id: &str) -> Result<Option<Order>, PurchaseError> {
         let op = "azure:GetReservationOrder";
         let mut url = self.order_url(order_id)?;
@@ -195,6 +207,12 @@ impl AzureClient {
     }
 
     /// `GET reservationOrders`, every page (the API takes no filter).
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "azure:ListReservationOrders")
+    )]
     pub async fn list_orders(&self) -> Result<Vec<Order>, PurchaseError> {
         let op = "azure:ListReservationOrders";
         let mut url = self.url("providers/Microsoft.Capacity/reservationOrders")?;
@@ -226,6 +244,12 @@ impl AzureClient {
     /// then waits until the order is bought or ended. Any outcome that does not prove the PUT
     /// was refused — a network error, a 5xx, a transient error code, a poll that does not end —
     /// is [`PurchaseError::Ambiguous`].
+    #[tracing::instrument(
+        name = "provider_call",
+        level = "debug",
+        skip_all,
+        fields(op = "azure:PurchaseReservationOrder")
+    )]
     pub async fn put_order(
         &self,
         order_id: &str,
