@@ -122,12 +122,7 @@ impl WorkerConfig {
             daily_budget_usd: config::parse_optional_f64(env, &vars::DAILY_BUDGET_USD)?,
             tag_key,
             listen,
-            aws: AwsSettings {
-                endpoint_url: config::get(env, &vars::AWS_ENDPOINT_URL),
-                region: config::get_or_default(env, &vars::AWS_REGION),
-                role_name: config::get(env, &vars::AWS_ROLE_NAME),
-                static_credentials: None,
-            },
+            aws: AwsSettings::from_source(env),
             azure,
             archive_dead_letters: true,
             common,

@@ -27,6 +27,11 @@ use super::{
     aws_liveness, ended_commitment, exactly_one, offering_key, required, Executor, How, Liveness,
     OfferingCache, PurchaseContext, PurchaseError, PurchaseRequest, Purchased,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::clients::aws::errors::{classify_purchase, code};
 use crate::clients::aws::{AwsClients, Clients, SdkClient};
 
 /// A reservation as a describe call shows it, reduced to what the flow needs.
@@ -56,6 +61,28 @@ pub enum Bought {
     New(Reservation),
     /// The provider refused the handle as already taken.
     AlreadyExists,
+}
+
+/// What a purchase call's `result` means for the flow: the new reservation (`reservation`
+/// reads it from the answer; an answer without one is ambiguous — something may have been
+/// bought), the handle already taken (`already_exists`, the service's documented fault code,
+/// matched by type: OpenSearch answers 409 for other errors too), or the classified error.
+pub fn purchase_answer<O, E>(
+    op: &str,
+    result: Result<O, SdkError<E, HttpResponse>>,
+    already_exists: &str,
+    reservation: impl FnOnce(&O) -> Option<Reservation>,
+) -> Result<Bought, PurchaseError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(out) => reservation(&out).map(Bought::New).ok_or_else(|| {
+            PurchaseError::ambiguous(format!("{op}: purchase answered without a reservation"))
+        }),
+        Err(e) if code(&e) == Some(already_exists) => Ok(Bought::AlreadyExists),
+        Err(e) => Err(classify_purchase(op, &e)),
+    }
 }
 
 /// One service bought under a token-derived handle.

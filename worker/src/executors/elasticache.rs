@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use aws_sdk_elasticache::types::{ReservedCacheNode, Tag};
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
+use super::by_handle::{purchase_answer, Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PurchaseError};
-use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::errors::{code, lookup_failed, offering_lookup_failed};
 use crate::clients::aws::Clients;
 
 const MAX_ID: usize = 60;
@@ -132,20 +132,11 @@ impl HandleService for ElastiCacheService {
             .tags(Tag::builder().key(tag_key).value(token).build())
             .send()
             .await;
-        match result {
-            Ok(out) => match out.reserved_cache_node() {
-                Some(r) => Ok(Bought::New(reservation(r))),
-                None => Err(PurchaseError::ambiguous(
-                    "elasticache: purchase answered without a reservation",
-                )),
-            },
-            Err(e) if code(&e) == Some("ReservedCacheNodeAlreadyExists") => {
-                Ok(Bought::AlreadyExists)
-            }
-            Err(e) => Err(classify_purchase(
-                "elasticache:PurchaseReservedCacheNodesOffering",
-                &e,
-            )),
-        }
+        purchase_answer(
+            "elasticache:PurchaseReservedCacheNodesOffering",
+            result,
+            "ReservedCacheNodeAlreadyExists",
+            |out| out.reserved_cache_node().map(reservation),
+        )
     }
 }

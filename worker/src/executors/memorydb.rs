@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use aws_sdk_memorydb::types::{ReservedNode, Tag};
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
+use super::by_handle::{purchase_answer, Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PurchaseError};
-use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::errors::{code, lookup_failed, offering_lookup_failed};
 use crate::clients::aws::Clients;
 
 const MAX_ID: usize = 60;
@@ -133,20 +133,11 @@ impl HandleService for MemoryDbService {
             .tags(Tag::builder().key(tag_key).value(token).build())
             .send()
             .await;
-        match result {
-            Ok(out) => match out.reserved_node() {
-                Some(r) => Ok(Bought::New(reservation(r))),
-                None => Err(PurchaseError::ambiguous(
-                    "memorydb: purchase answered without a reservation",
-                )),
-            },
-            Err(e) if code(&e) == Some("ReservedNodeAlreadyExistsFault") => {
-                Ok(Bought::AlreadyExists)
-            }
-            Err(e) => Err(classify_purchase(
-                "memorydb:PurchaseReservedNodesOffering",
-                &e,
-            )),
-        }
+        purchase_answer(
+            "memorydb:PurchaseReservedNodesOffering",
+            result,
+            "ReservedNodeAlreadyExistsFault",
+            |out| out.reserved_node().map(reservation),
+        )
     }
 }

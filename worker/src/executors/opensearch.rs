@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use aws_sdk_opensearch::types::{ReservedInstance, ReservedInstancePaymentOption};
 use buyonce_shared::{IdempotencyToken, Payment, Recommendation};
 
-use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
+use super::by_handle::{purchase_answer, Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PermanentKind, PurchaseError};
-use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::errors::{lookup_failed, offering_lookup_failed};
 use crate::clients::aws::Clients;
 
 /// The OpenSearch executor.
@@ -184,22 +184,19 @@ impl HandleService for OpenSearchService {
             .instance_count(count)
             .send()
             .await;
-        match result {
-            Ok(out) => Ok(Bought::New(Reservation {
-                id: out.reserved_instance_id().unwrap_or_default().to_owned(),
-                state: None,
-                count: Some(count),
-                cost_usd: Some(offering.fixed_price * f64::from(count)),
-                matches_recommendation: true,
-            })),
-            // Match the type, not the status: OpenSearch answers 409 for other errors too.
-            Err(e) if code(&e) == Some("ResourceAlreadyExistsException") => {
-                Ok(Bought::AlreadyExists)
-            }
-            Err(e) => Err(classify_purchase(
-                "opensearch:PurchaseReservedInstanceOffering",
-                &e,
-            )),
-        }
+        purchase_answer(
+            "opensearch:PurchaseReservedInstanceOffering",
+            result,
+            "ResourceAlreadyExistsException",
+            |out| {
+                Some(Reservation {
+                    id: out.reserved_instance_id().unwrap_or_default().to_owned(),
+                    state: None,
+                    count: Some(count),
+                    cost_usd: Some(offering.fixed_price * f64::from(count)),
+                    matches_recommendation: true,
+                })
+            },
+        )
     }
 }

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use aws_sdk_rds::types::{ReservedDbInstance, Tag};
 use buyonce_shared::{IdempotencyToken, Recommendation};
 
-use super::by_handle::{Bought, ByHandle, HandleService, Offering, Reservation};
+use super::by_handle::{purchase_answer, Bought, ByHandle, HandleService, Offering, Reservation};
 use super::{all_pages, required, PurchaseError};
-use crate::clients::aws::errors::{classify_purchase, code, lookup_failed, offering_lookup_failed};
+use crate::clients::aws::errors::{code, lookup_failed, offering_lookup_failed};
 use crate::clients::aws::Clients;
 
 /// RDS reservation IDs: letters, digits and hyphens; 44 characters here.
@@ -138,20 +138,11 @@ impl HandleService for RdsService {
             .tags(Tag::builder().key(tag_key).value(token).build())
             .send()
             .await;
-        match result {
-            Ok(out) => match out.reserved_db_instance() {
-                Some(r) => Ok(Bought::New(reservation(r))),
-                None => Err(PurchaseError::ambiguous(
-                    "rds: purchase answered without a reservation",
-                )),
-            },
-            Err(e) if code(&e) == Some("ReservedDBInstanceAlreadyExists") => {
-                Ok(Bought::AlreadyExists)
-            }
-            Err(e) => Err(classify_purchase(
-                "rds:PurchaseReservedDBInstancesOffering",
-                &e,
-            )),
-        }
+        purchase_answer(
+            "rds:PurchaseReservedDBInstancesOffering",
+            result,
+            "ReservedDBInstanceAlreadyExists",
+            |out| out.reserved_db_instance().map(reservation),
+        )
     }
 }

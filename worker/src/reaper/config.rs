@@ -86,12 +86,7 @@ impl ReaperConfig {
             max_attempts: config::parse_number(env, &vars::MAX_ATTEMPTS, 1i32, 100)?,
             tag_key: config::get_or_default(env, &vars::TAG_KEY).unwrap_or_default(),
             listen,
-            aws: AwsSettings {
-                endpoint_url: config::get(env, &vars::AWS_ENDPOINT_URL),
-                region: config::get_or_default(env, &vars::AWS_REGION),
-                role_name: config::get(env, &vars::AWS_ROLE_NAME),
-                static_credentials: None,
-            },
+            aws: AwsSettings::from_source(env),
             batch: BATCH,
             common,
         })

@@ -16,6 +16,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use buyonce_shared::config::{self, vars, EnvSource};
 use tokio::sync::Mutex;
 
 use crate::error::{PermanentKind, PurchaseError};
@@ -33,6 +34,19 @@ pub struct AwsSettings {
     pub role_name: Option<String>,
     /// Static credentials instead of the default chain (tests).
     pub static_credentials: Option<(String, String)>,
+}
+
+impl AwsSettings {
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION` and `BUYONCE_AWS_ROLE_NAME`; credentials come from the
+    /// SDK's standard chain.
+    pub fn from_source(env: &dyn EnvSource) -> Self {
+        Self {
+            endpoint_url: config::get(env, &vars::AWS_ENDPOINT_URL),
+            region: config::get_or_default(env, &vars::AWS_REGION),
+            role_name: config::get(env, &vars::AWS_ROLE_NAME),
+            static_credentials: None,
+        }
+    }
 }
 
 type ClientKey = (String, String);
