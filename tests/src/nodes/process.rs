@@ -1,7 +1,7 @@
 //! The workspace's binaries as child processes of a test, pointed at a world on our own
 //! servers: their environment ([`process_env_with`]), starting them ([`spawn_binary`]) under
-//! a [`KillOnDrop`], waiting for their exit without blocking the runtime, and reading their
-//! JSON logs.
+//! the one child-process guard ([`KillOnDrop`]), waiting for their exit without blocking the
+//! runtime, and reading their JSON logs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::harness::World;
+use crate::harness::{signal, World};
 
 /// `world.process_env()` with `remove` taken out and `set` put in (replacing what is there),
 /// e.g. the machine's `BUYONCE_AMQP_URL` replaced by `BUYONCE_AMQP_URL_FILE`.
@@ -29,10 +29,24 @@ pub fn process_env_with(
     env.into_iter().collect()
 }
 
-/// A child process that is killed when dropped, so a failing test leaves no worker behind
-/// retrying against servers that are gone. Derefs to [`std::process::Child`].
+/// A child process killed (SIGKILL) and reaped when dropped, so an early return or a panic
+/// never leaves a worker behind, retrying against servers that are gone. Derefs to
+/// [`std::process::Child`]: [`signal`], [`wait_exit`] and the `Child` methods take it as it is.
 #[derive(Debug)]
 pub struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> KillOnDrop {
+        KillOnDrop(child)
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        signal(&self.0, libc::SIGTERM);
+        self.0.wait().ok()
+    }
+}
 
 impl std::ops::Deref for KillOnDrop {
     type Target = std::process::Child;
