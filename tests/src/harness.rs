@@ -467,28 +467,3 @@ pub fn signal(child: &std::process::Child, signal: i32) {
         .arg(pid.to_string())
         .status();
 }
-
-/// A child process killed (SIGKILL) and reaped when dropped, so an early return or a panic
-/// never leaves a worker running against a world that is being torn down.
-pub struct ChildGuard(pub std::process::Child);
-
-impl ChildGuard {
-    /// SIGTERM, then waits for the exit.
-    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
-        signal(&self.0, libc::SIGTERM);
-        self.0.wait().ok()
-    }
-
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}

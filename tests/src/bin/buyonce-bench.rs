@@ -21,7 +21,8 @@ use anyhow::{bail, Context};
 use buyonce_shared::store::Store;
 use buyonce_shared::{ExecutionDocument, PurchaseMessage};
 use buyonce_tests::fakecloud::{FaultRule, Faults};
-use buyonce_tests::harness::{execution, recommendation, signal, ChildGuard, World};
+use buyonce_tests::harness::{execution, recommendation, signal, World};
+use buyonce_tests::nodes::KillOnDrop;
 use buyonce_worker::reaper::{Reaper, ReaperConfig};
 use clap::Parser;
 use futures::StreamExt;
@@ -390,9 +391,9 @@ async fn end_to_end(
     let world = World::new().await;
     let logs = log_dir(&format!("e2e-{}", mix.replace('+', "-")))?;
     let concurrency = cli.concurrency.to_string();
-    let workers: Vec<ChildGuard> = (0..cli.workers)
+    let workers: Vec<KillOnDrop> = (0..cli.workers)
         .map(|i| {
-            ChildGuard(world.spawn_worker_process(
+            KillOnDrop::new(world.spawn_worker_process(
                 &[
                     ("BUYONCE_CONCURRENCY", concurrency.as_str()),
                     ("BUYONCE_PER_ACCOUNT_CONCURRENCY", concurrency.as_str()),
@@ -547,7 +548,7 @@ async fn end_to_end(
         }));
     }
     for w in &workers {
-        signal(&w.0, libc::SIGTERM);
+        signal(w, libc::SIGTERM);
     }
     for w in workers {
         let _ = w.terminate();
@@ -608,7 +609,7 @@ async fn latency_scaling(cli: &Cli) -> anyhow::Result<(Vec<Value>, Value)> {
     let mut peak_200 = 0;
     for (k, &(concurrency, items)) in steps.iter().enumerate() {
         let c = concurrency.to_string();
-        let worker = ChildGuard(world.spawn_worker_process(
+        let worker = KillOnDrop::new(world.spawn_worker_process(
             &[
                 ("BUYONCE_CONCURRENCY", c.as_str()),
                 ("BUYONCE_PER_ACCOUNT_CONCURRENCY", c.as_str()),
