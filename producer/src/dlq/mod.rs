@@ -30,6 +30,7 @@ use tracing::info;
 
 pub use purge::{purge, PurgeReport};
 pub use redact::redact_tokens;
+pub(crate) use render::table;
 pub use render::{render_detail, render_listing, render_purge, render_replay};
 pub use replay::{
     replay, replay_with_progress, ReplayOutcome, ReplayReport, ReplayRequest, ReplayResult,
