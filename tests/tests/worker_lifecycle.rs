@@ -120,3 +120,80 @@ async fn a_panicking_handler_returns_its_message_to_the_queue_and_is_counted() {
     let _ = tokio::time::timeout(Duration::from_secs(30), worker.handle).await;
     world.cleanup().await;
 }
+
+/// Stalls after its claim until another handler has taken the item over (as a worker that
+/// waited out a Postgres outage finds it), then asks to spend.
+struct TakenOverWhileStalled {
+    store: buyonce_shared::store::Store,
+    msg: buyonce_shared::PurchaseMessage,
+    authorized: Arc<std::sync::Mutex<Option<Result<(), PurchaseError>>>>,
+}
+
+#[async_trait]
+impl Executor for TakenOverWhileStalled {
+    async fn purchase(
+        &self,
+        _req: &PurchaseRequest<'_>,
+        ctx: &dyn PurchaseContext,
+    ) -> Result<Purchased, PurchaseError> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Another worker's redelivered copy finds the claim stale and takes it.
+        let taken = self.store.claim(&self.msg, Duration::ZERO).await.unwrap();
+        assert!(
+            matches!(taken, buyonce_shared::store::items::Claim::Claimed { .. }),
+            "{taken:?}"
+        );
+        let authorized = ctx.authorize_spend(1.0, "a test offering").await;
+        *self.authorized.lock().unwrap() = Some(authorized.clone());
+        authorized?;
+        Ok(Purchased {
+            commitment_id: "bought-by-a-stale-owner".into(),
+            cost_usd: Some(1.0),
+            how: buyonce_worker::executors::How::Purchased,
+            tag_pending: false,
+        })
+    }
+}
+
+/// Found by the chaos suite (a double OpenSearch purchase): a worker whose claim was taken over
+/// while it stalled went on to buy, because nothing between its claim and its buy call asked
+/// whether the item was still its own, and OpenSearch does not refuse a second reservation under
+/// the same name. The last check before the buy call now confirms the claim.
+#[tokio::test]
+async fn a_worker_whose_claim_was_taken_over_does_not_buy() {
+    let world = World::new().await;
+    let msgs = world
+        .submit(&execution(
+            "exec-taken-over",
+            vec![recommendation("opensearch")],
+        ))
+        .await;
+    let authorized = Arc::new(std::sync::Mutex::new(None));
+    let mut registry = std::collections::HashMap::new();
+    registry.insert(
+        Service::Opensearch,
+        Arc::new(TakenOverWhileStalled {
+            store: world.store().clone(),
+            msg: msgs[0].clone(),
+            authorized: authorized.clone(),
+        }) as Arc<dyn Executor>,
+    );
+    let handler = buyonce_worker::handler::Handler::new(
+        world.store().clone(),
+        registry,
+        startup::handler_settings(&world.worker_config()),
+        Arc::new(buyonce_worker::metrics::Metrics::new()),
+    );
+    let outcome = handler.handle(&msgs[0].to_bytes()).await;
+    let authorized = authorized.lock().unwrap().clone();
+    assert!(
+        matches!(&authorized, Some(Err(PurchaseError::Transient(m))) if m.contains("claim")),
+        "the stale owner was refused before its buy call: {authorized:?} ({outcome:?})"
+    );
+    let item = world.item(&msgs[0]).await;
+    assert_eq!(
+        item.commitment_id, None,
+        "nothing recorded by the stale owner"
+    );
+    world.cleanup().await;
+}

@@ -85,8 +85,9 @@ pub struct Purchased {
 /// What executors ask of the worker while buying.
 #[async_trait]
 pub trait PurchaseContext: Send + Sync {
-    /// The last check before the buy call: spend cap (`max_upfront_usd`), dry run, and the
-    /// daily budget reservation. `what` describes the offering for messages.
+    /// The last check before the buy call: spend cap (`max_upfront_usd`), dry run, the pause
+    /// flag, that the claim is still this attempt's (not taken over meanwhile), and the daily
+    /// budget reservation. `what` describes the offering for messages.
     async fn authorize_spend(&self, upfront_usd: f64, what: &str) -> Result<(), PurchaseError>;
     /// Saves intent on the item before buying; an error means "do not buy".
     async fn save_intent(&self, state: &Value) -> Result<(), PurchaseError>;

@@ -110,6 +110,24 @@ impl PurchaseContext for PurchaseScope<'_> {
                 )))
             }
         }
+        // Still this attempt's item: a worker that stalled after its claim (a Postgres outage,
+        // a long pause) may have been taken over, and the new owner buys. Not every provider
+        // refuses a second purchase under the token's handle (OpenSearch does not), so a stale
+        // owner must not reach its buy call. What remains — a takeover between this check and
+        // the call — the new owner's settle window covers (a takeover marks the item ambiguous).
+        match self.store.heartbeat(self.token, self.claim_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(PurchaseError::transient(
+                    "lost the claim to another worker before buying; not buying (the new owner buys)",
+                ))
+            }
+            Err(e) => {
+                return Err(PurchaseError::transient(format!(
+                    "cannot confirm the claim, not buying: {e}"
+                )))
+            }
+        }
         if let Some(budget) = self.settings.daily_budget_usd {
             match self.store.reserve_budget(self.token.as_str(), upfront_usd, budget).await {
                 Ok(Reservation::Reserved | Reservation::AlreadyReserved) => {
