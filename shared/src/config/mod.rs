@@ -21,9 +21,9 @@ mod redact;
 
 pub use catalog::{vars, VarSpec};
 pub use env::{get, get_or_default, get_secret, EnvSource, ProcessEnv, Secret};
-use parse::{invalid, missing};
 pub use parse::{
-    parse_bool, parse_duration_list, parse_number, parse_optional_f64, parse_positive_duration,
+    invalid, missing, parse_bool, parse_choice, parse_duration, parse_duration_list, parse_number,
+    parse_optional_f64, parse_positive_duration, parse_socket_addr, parse_url,
 };
 pub use redact::redact_url;
 
@@ -48,6 +48,17 @@ pub enum ConfigError {
         path: String,
         problem: String,
     },
+}
+
+impl ConfigError {
+    /// The same error expecting `expected` instead of the variable's usual form: for a rule of
+    /// the reader (a worker needs two connections) or one that depends on another variable.
+    pub fn expecting(mut self, expected: impl Into<String>) -> Self {
+        if let Self::Invalid { expected: e, .. } | Self::Missing { expected: e, .. } = &mut self {
+            *e = expected.into();
+        }
+        self
+    }
 }
 
 /// Log line format.
@@ -143,14 +154,12 @@ impl CommonConfig {
             client_key_file: path(&vars::AMQP_CLIENT_KEY_FILE),
         };
         if amqp.client_cert_file.is_some() != amqp.client_key_file.is_some() {
-            return Err(ConfigError::Missing {
-                var: if amqp.client_cert_file.is_some() {
-                    vars::AMQP_CLIENT_KEY_FILE.name.into()
-                } else {
-                    vars::AMQP_CLIENT_CERT_FILE.name.into()
-                },
-                expected: "client certificate and key are set together".into(),
-            });
+            let absent = if amqp.client_cert_file.is_some() {
+                &vars::AMQP_CLIENT_KEY_FILE
+            } else {
+                &vars::AMQP_CLIENT_CERT_FILE
+            };
+            return Err(missing(absent).expecting("client certificate and key are set together"));
         }
         let database = DatabaseConfig {
             url: database_url,
@@ -171,11 +180,12 @@ impl CommonConfig {
                 "bad characters or length",
             ));
         }
-        let log_format = match get_or_default(env, &vars::LOG_FORMAT).as_deref() {
-            Some("json") => LogFormat::Json,
-            Some("pretty") | None => LogFormat::Pretty,
-            Some(other) => return Err(invalid(&vars::LOG_FORMAT, other, "unknown format")),
-        };
+        let log_format = parse_choice(
+            env,
+            &vars::LOG_FORMAT,
+            "format",
+            &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)],
+        )?;
         Ok(Self {
             amqp,
             database,
