@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use buyonce_shared::config::{
-    get, get_secret, parse_optional_f64, parse_positive_duration, vars, CommonConfig, ConfigError,
-    EnvSource, ProcessEnv, Secret, VarSpec,
+    get, get_secret, invalid, parse_optional_f64, parse_positive_duration, vars, CommonConfig,
+    ConfigError, EnvSource, ProcessEnv, Secret, VarSpec,
 };
 use subtle::ConstantTimeEq;
 
@@ -37,18 +37,14 @@ impl ApiTokens {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .collect();
-        let invalid = |problem: String| ConfigError::Invalid {
-            var: vars::API_TOKENS.name.to_owned(),
-            shown: "(redacted)".into(),
-            problem,
-            expected: vars::API_TOKENS.expected.to_owned(),
-        };
+        // A secret: the error shows `(redacted)`, never the list.
+        let refuse = |problem: String| invalid(&vars::API_TOKENS, raw.expose(), problem);
         if tokens.is_empty() {
-            return Err(invalid("no token in the list".into()));
+            return Err(refuse("no token in the list".into()));
         }
         for (i, t) in tokens.iter().enumerate() {
             if t.chars().count() < MIN_TOKEN_LEN {
-                return Err(invalid(format!(
+                return Err(refuse(format!(
                     "token {} of {} is shorter than {MIN_TOKEN_LEN} characters",
                     i + 1,
                     tokens.len()
@@ -56,7 +52,7 @@ impl ApiTokens {
             }
             let distinct: std::collections::BTreeSet<char> = t.chars().collect();
             if distinct.len() < MIN_TOKEN_DISTINCT {
-                return Err(invalid(format!(
+                return Err(refuse(format!(
                     "token {} of {} uses only {} distinct characters (at least \
                      {MIN_TOKEN_DISTINCT}); generate one, e.g. `openssl rand -hex 32`",
                     i + 1,

@@ -308,7 +308,7 @@ fn check_launch(launch: &Launch, bins: &BTreeMap<String, PathBuf>, problems: &mu
                 None if name.starts_with("FAKECLOUD_") => {
                     "no clap `env` attribute in its source".to_owned()
                 }
-                None => "not declared in shared/src/config.rs vars::ALL".to_owned(),
+                None => "not declared in shared/src/config/catalog.rs vars::ALL".to_owned(),
             };
             problems.push(format!(
                 "{origin}: sets {name}, which {} does not read ({hint})",

@@ -47,12 +47,12 @@ pub fn at_least_two_connections(
     if common.database.pool_size >= 2 {
         return Ok(());
     }
-    Err(ConfigError::Invalid {
-        var: vars::DATABASE_POOL_SIZE.name.into(),
-        shown: format!("{:?}", common.database.pool_size.to_string()),
-        problem: format!("{who} needs at least 2 connections ({why})"),
-        expected: format!("an integer from 2 to 1000 for {who}"),
-    })
+    Err(config::invalid(
+        &vars::DATABASE_POOL_SIZE,
+        &common.database.pool_size.to_string(),
+        format!("{who} needs at least 2 connections ({why})"),
+    )
+    .expecting(format!("an integer from 2 to 1000 for {who}")))
 }
 
 impl WorkerConfig {
@@ -70,21 +70,10 @@ impl WorkerConfig {
             "an offering lock holds one while the purchase records through another",
         )?;
         let heartbeat_interval = config::parse_positive_duration(env, &vars::HEARTBEAT_INTERVAL)?;
-        let listen_raw = config::get(env, &vars::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
-            var: vars::LISTEN.name.into(),
-            shown: format!("{listen_raw:?}"),
-            problem: format!("{e}"),
-            expected: vars::LISTEN.expected.into(),
-        })?;
+        let listen = config::parse_socket_addr(env, &vars::LISTEN, DEFAULT_LISTEN)?;
         let tag_key = config::get_or_default(env, &vars::TAG_KEY).unwrap_or_default();
         if tag_key.is_empty() || tag_key.len() > 128 {
-            return Err(ConfigError::Invalid {
-                var: vars::TAG_KEY.name.into(),
-                shown: format!("{tag_key:?}"),
-                problem: "length".into(),
-                expected: vars::TAG_KEY.expected.into(),
-            });
+            return Err(config::invalid(&vars::TAG_KEY, &tag_key, "length"));
         }
         // Azure is optional: configured when a credential other than the default is chosen or
         // the client-secret variables are present.
@@ -95,15 +84,7 @@ impl WorkerConfig {
         } else {
             None
         };
-        let shutdown_grace = buyonce_shared::duration::parse_duration(
-            &config::get_or_default(env, &vars::SHUTDOWN_GRACE).unwrap_or_default(),
-        )
-        .map_err(|e| ConfigError::Invalid {
-            var: vars::SHUTDOWN_GRACE.name.into(),
-            shown: format!("{:?}", e.input),
-            problem: e.why.into(),
-            expected: vars::SHUTDOWN_GRACE.expected.into(),
-        })?;
+        let shutdown_grace = config::parse_duration(env, &vars::SHUTDOWN_GRACE)?;
         Ok(Self {
             concurrency: config::parse_number(env, &vars::CONCURRENCY, 1usize, 10_000)?,
             per_account_concurrency: config::parse_number(

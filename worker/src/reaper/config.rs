@@ -71,13 +71,7 @@ impl ReaperConfig {
             "the reaper",
             "its single-reaper lock holds one while the sweep works through another",
         )?;
-        let listen_raw = config::get(env, &vars::LISTEN).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_raw.parse().map_err(|e| ConfigError::Invalid {
-            var: vars::LISTEN.name.into(),
-            shown: format!("{listen_raw:?}"),
-            problem: format!("{e}"),
-            expected: vars::LISTEN.expected.into(),
-        })?;
+        let listen = config::parse_socket_addr(env, &vars::LISTEN, DEFAULT_LISTEN)?;
         Ok(Self {
             reap_after: reap_after_from(env.get(vars::REAP_AFTER.name).as_deref()),
             interval: config::parse_positive_duration(env, &vars::REAP_INTERVAL)?,

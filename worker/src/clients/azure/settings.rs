@@ -41,38 +41,24 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-fn parse_url(env: &dyn EnvSource, spec: &config::VarSpec) -> Result<Url, ConfigError> {
-    let raw = config::get_or_default(env, spec).unwrap_or_default();
-    Url::parse(&raw).map_err(|e| ConfigError::Invalid {
-        var: spec.name.into(),
-        shown: format!("{raw:?}"),
-        problem: e.to_string(),
-        expected: spec.expected.into(),
-    })
-}
-
 impl AzureSettings {
     /// Reads the Azure variables. Missing pieces for the chosen credential are reported here,
     /// at start-up, not at the first purchase.
     pub fn from_source(env: &dyn EnvSource) -> Result<Self, ConfigError> {
-        let kind_raw = config::get_or_default(env, &vars::AZURE_CREDENTIAL).unwrap_or_default();
-        let credential = match kind_raw.as_str() {
-            "client-secret" => CredentialKind::ClientSecret,
-            "managed-identity" => CredentialKind::ManagedIdentity,
-            "workload-identity" => CredentialKind::WorkloadIdentity,
-            "developer-tools" => CredentialKind::DeveloperTools,
-            "emulator" => CredentialKind::Emulator,
-            other => {
-                return Err(ConfigError::Invalid {
-                    var: vars::AZURE_CREDENTIAL.name.into(),
-                    shown: format!("{other:?}"),
-                    problem: "unknown credential".into(),
-                    expected: vars::AZURE_CREDENTIAL.expected.into(),
-                })
-            }
-        };
-        let resource_manager_url = parse_url(env, &vars::AZURE_RESOURCE_MANAGER_URL)?;
-        let authority_host = parse_url(env, &vars::AZURE_AUTHORITY_HOST)?;
+        let credential = config::parse_choice(
+            env,
+            &vars::AZURE_CREDENTIAL,
+            "credential",
+            &[
+                ("client-secret", CredentialKind::ClientSecret),
+                ("managed-identity", CredentialKind::ManagedIdentity),
+                ("workload-identity", CredentialKind::WorkloadIdentity),
+                ("developer-tools", CredentialKind::DeveloperTools),
+                ("emulator", CredentialKind::Emulator),
+            ],
+        )?;
+        let resource_manager_url = config::parse_url(env, &vars::AZURE_RESOURCE_MANAGER_URL)?;
+        let authority_host = config::parse_url(env, &vars::AZURE_AUTHORITY_HOST)?;
         let settings = Self {
             credential,
             tenant_id: config::get(env, &vars::AZURE_TENANT_ID),
@@ -92,13 +78,10 @@ impl AzureSettings {
             if present {
                 Ok(())
             } else {
-                Err(ConfigError::Missing {
-                    var: spec.name.into(),
-                    expected: format!(
-                        "{} (required by BUYONCE_AZURE_CREDENTIAL={:?})",
-                        spec.expected, self.credential
-                    ),
-                })
+                Err(config::missing(spec).expecting(format!(
+                    "{} (required by BUYONCE_AZURE_CREDENTIAL={:?})",
+                    spec.expected, self.credential
+                )))
             }
         };
         match self.credential {
@@ -114,24 +97,25 @@ impl AzureSettings {
             CredentialKind::ManagedIdentity | CredentialKind::DeveloperTools => {}
         }
         if self.credential == CredentialKind::Emulator && !is_loopback(&self.resource_manager_url) {
-            return Err(ConfigError::Invalid {
-                var: vars::AZURE_CREDENTIAL.name.into(),
-                shown: "\"emulator\"".into(),
-                problem: format!(
+            return Err(config::invalid(
+                &vars::AZURE_CREDENTIAL,
+                "emulator",
+                format!(
                     "the emulator credential is only allowed with a loopback resource manager, not {}",
                     self.resource_manager_url
                 ),
-                expected: "client-secret, managed-identity, workload-identity or developer-tools for real Azure".into(),
-            });
+            )
+            .expecting(
+                "client-secret, managed-identity, workload-identity or developer-tools for real Azure",
+            ));
         }
         if self.resource_manager_url.scheme() != "https" && !is_loopback(&self.resource_manager_url)
         {
-            return Err(ConfigError::Invalid {
-                var: vars::AZURE_RESOURCE_MANAGER_URL.name.into(),
-                shown: format!("{:?}", self.resource_manager_url.as_str()),
-                problem: "plain http is only allowed for a loopback emulator".into(),
-                expected: vars::AZURE_RESOURCE_MANAGER_URL.expected.into(),
-            });
+            return Err(config::invalid(
+                &vars::AZURE_RESOURCE_MANAGER_URL,
+                self.resource_manager_url.as_str(),
+                "plain http is only allowed for a loopback emulator",
+            ));
         }
         Ok(())
     }
