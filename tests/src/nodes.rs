@@ -25,6 +25,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use buyonce_fakecloud::{FakeCloud, FakeCloudConfig};
 use buyonce_shared::amqp::{self, Publisher, Topology};
 use buyonce_shared::config::{AmqpConfig, DatabaseConfig};
 use buyonce_shared::db;
@@ -32,7 +33,6 @@ use buyonce_shared::store::Store;
 use buyonce_shared::testing::{unique_name, TestBroker, TestDb};
 use tokio::process::Command;
 
-use crate::fakecloud::{FakeCloud, FakeCloudConfig};
 use crate::harness::World;
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released for the server to take).

@@ -4,7 +4,7 @@
 use aws_sdk_memorydb::error::ProvideErrorMetadata;
 use aws_sdk_memorydb::types::Tag;
 use aws_sdk_memorydb::Client;
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
 
 async fn start() -> (FakeCloud, Client) {
     let fc = FakeCloud::start(FakeCloudConfig::default())

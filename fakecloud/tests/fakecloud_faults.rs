@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{
     Filter, InstanceType, OfferingClassType, OfferingTypeValues, RiProductDescription, Tag,
 };
 use aws_smithy_types::retry::RetryConfig;
-use buyonce_tests::fakecloud::{
+use buyonce_fakecloud::{
     sdk, AdminClient, CommitFailure, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError,
 };
 

@@ -2,9 +2,9 @@
 //! credentials, a region, and the workspace's rustls/ring HTTP client (aws-lc is disabled on
 //! purpose, so the SDK has no default HTTP client here).
 //!
-//! ```ignore
-//! # async fn demo(fc: &buyonce_tests::fakecloud::FakeCloud) {
-//! use buyonce_tests::fakecloud::sdk;
+//! ```no_run
+//! use buyonce_fakecloud::sdk;
+//! # fn demo(fc: &buyonce_fakecloud::FakeCloud) {
 //! let config = sdk::config(&fc.endpoint(), "us-east-1");
 //! let ec2 = aws_sdk_ec2::Client::new(&config);
 //! # }

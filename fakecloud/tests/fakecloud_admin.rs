@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use buyonce_tests::fakecloud::{
+use buyonce_fakecloud::{
     sdk, AdminClient, Catalog, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader};

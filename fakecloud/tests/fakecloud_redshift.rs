@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_redshift::error::ProvideErrorMetadata;
 use aws_sdk_redshift::types::Tag;
 use aws_sdk_redshift::Client;
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
 
 async fn start(config: FakeCloudConfig) -> (FakeCloud, Client) {
     let fc = FakeCloud::start(config).await.expect("fakecloud starts");

@@ -10,7 +10,7 @@ botocore's parsers silently drop what they do not know. A member the shape does 
 value of the wrong type, a string outside its enum or its length bounds, a list or a structure
 where the other is expected: each is reported with its path, and the check exits 1.
 
-    python3 tests/boto3/check_fakecloud.py http://127.0.0.1:4566
+    python3 fakecloud/tests/boto3/check_fakecloud.py http://127.0.0.1:4566
 
 MemoryDB: botocore >= 1.44 lists `smithy-rpc-v2-cbor` before `json` for MemoryDB and would
 speak CBOR; buyonce's pinned Rust SDK speaks awsJson1_1, which the model still lists, so the

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use aws_sdk_opensearch::error::ProvideErrorMetadata;
 use aws_sdk_opensearch::types::{ReservedInstanceOffering, ReservedInstancePaymentOption};
 use aws_sdk_opensearch::Client;
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
 
 async fn start() -> (FakeCloud, Client) {
     let fc = FakeCloud::start(FakeCloudConfig::default())
@@ -227,9 +227,9 @@ async fn an_unknown_offering_is_resource_not_found() {
 #[tokio::test]
 async fn strict_realism_sells_a_second_reservation_under_a_name_in_use() {
     let fc = FakeCloud::start(FakeCloudConfig {
-        realism: buyonce_tests::fakecloud::Realism {
+        realism: buyonce_fakecloud::Realism {
             opensearch_duplicate_names: true,
-            ..buyonce_tests::fakecloud::Realism::friendly()
+            ..buyonce_fakecloud::Realism::friendly()
         },
         ..FakeCloudConfig::default()
     })

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{
     ReservedInstancesOffering, RiProductDescription, Scope, Tag, Tenancy,
 };
 use aws_sdk_ec2::Client;
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
 
 const ONE_YEAR: i64 = 31_536_000;
 const THREE_YEARS: i64 = 94_608_000;

@@ -9,7 +9,7 @@ use aws_sdk_savingsplans::types::{
     SavingsPlanOfferingFilterElement, SavingsPlanPaymentOption, SavingsPlanState, SavingsPlanType,
 };
 use aws_sdk_savingsplans::Client;
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
 
 const ONE_YEAR: i64 = 31_536_000;
 const THREE_YEARS: i64 = 94_608_000;
@@ -397,9 +397,9 @@ async fn every_modelled_currency_and_plan_type_is_sold_and_states_are_checked() 
 #[tokio::test]
 async fn a_client_token_is_forgotten_after_the_realism_ttl() {
     let (fc, sp) = start(FakeCloudConfig {
-        realism: buyonce_tests::fakecloud::Realism {
+        realism: buyonce_fakecloud::Realism {
             client_token_ttl: Some(Duration::from_millis(300)),
-            ..buyonce_tests::fakecloud::Realism::friendly()
+            ..buyonce_fakecloud::Realism::friendly()
         },
         ..Default::default()
     })
@@ -424,9 +424,7 @@ async fn a_client_token_is_forgotten_after_the_realism_ttl() {
 #[tokio::test]
 async fn strict_realism_hides_a_new_plan_and_answers_small_pages() {
     let (_fc, sp) = start(FakeCloudConfig {
-        realism: buyonce_tests::fakecloud::Realism::strict_deterministic(Duration::from_millis(
-            300,
-        )),
+        realism: buyonce_fakecloud::Realism::strict_deterministic(Duration::from_millis(300)),
         ..Default::default()
     })
     .await;

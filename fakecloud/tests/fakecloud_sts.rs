@@ -4,7 +4,7 @@
 use aws_sdk_ec2::types::{InstanceType, OfferingClassType, OfferingTypeValues};
 use aws_sdk_sts::error::ProvideErrorMetadata;
 use aws_smithy_types::retry::RetryConfig;
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig, StaticCredentials};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig, StaticCredentials};
 
 async fn start(config: FakeCloudConfig) -> FakeCloud {
     FakeCloud::start(config).await.expect("fakecloud starts")

@@ -2,18 +2,18 @@
 # boto3 against fakecloud: every AWS operation the worker calls, parsed by the reference client
 # and checked member by member against botocore's models (see check_fakecloud.py).
 #
-#   tests/boto3/run.sh            # venv in $BUYONCE_VENV (default ~/.cache/buyonce/venv)
+#   fakecloud/tests/boto3/run.sh            # venv in $BUYONCE_VENV (default ~/.cache/buyonce/venv)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 venv="${BUYONCE_VENV:-$HOME/.cache/buyonce/venv}"
 if ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/boto3/requirements.txt
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r fakecloud/tests/boto3/requirements.txt
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/boto3/requirements.txt
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r fakecloud/tests/boto3/requirements.txt
 
-cargo build --quiet -p buyonce-tests --bin buyonce-fakecloud
+cargo build --quiet -p buyonce-fakecloud --bin buyonce-fakecloud
 target="${CARGO_TARGET_DIR:-target}"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$(mktemp)
@@ -29,6 +29,6 @@ for _ in range(100):
     except OSError:
         time.sleep(0.1)
 PY
-"$venv/bin/python" tests/boto3/check_fakecloud.py "http://127.0.0.1:$port" || {
+"$venv/bin/python" fakecloud/tests/boto3/check_fakecloud.py "http://127.0.0.1:$port" || {
   echo "fakecloud log:"; tail -50 "$log"; exit 1
 }

@@ -239,7 +239,7 @@ fn root_identity(account: &str, secret: &str) -> AwsIdentity {
 
 /// A stable `AROA…` role ID.
 pub fn role_id(account: &str, role: &str) -> String {
-    let digest = crate::fakecloud::catalog::derived_id(&["role", account, role]).replace('-', "");
+    let digest = super::catalog::derived_id(&["role", account, role]).replace('-', "");
     format!("AROA{}", digest[..17].to_ascii_uppercase())
 }
 

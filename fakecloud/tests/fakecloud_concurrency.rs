@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use buyonce_tests::fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
 use proptest::prelude::*;
 
 type Purchase = Pin<Box<dyn Future<Output = bool> + Send>>;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use buyonce_tests::fakecloud::{self, Catalog, FakeCloudConfig, Faults, Realism};
+use buyonce_fakecloud::{self as fakecloud, Catalog, FakeCloudConfig, Faults, Realism};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use buyonce_tests::fakecloud::{
+use buyonce_fakecloud::{
     CommitFailure, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError, Realism,
     AZURE_API_VERSION, DEFAULT_TENANT,
 };

@@ -1,4 +1,5 @@
-//! fakecloud: a local emulator of the AWS and Azure commitment-purchase APIs.
+//! fakecloud: a local emulator of the AWS and Azure commitment-purchase APIs, and the
+//! `buyonce-fakecloud` server binary around it.
 //!
 //! Real `aws-sdk-*` clients and a real Azure client-credentials token flow talk to it unchanged,
 //! pointed at it by configuration only: one endpoint (`AWS_ENDPOINT_URL`, the Azure
@@ -24,13 +25,16 @@
 //! [`FakeCloudConfig::azure_provisioning_delay`], unless a provisioning-failure fault or
 //! [`FakeCloud::set_state`] says otherwise.
 //!
-//! ```ignore
-//! use buyonce_tests::fakecloud::{FakeCloud, FakeCloudConfig};
+//! ```no_run
+//! use buyonce_fakecloud::{sdk, FakeCloud, FakeCloudConfig};
+//! # async fn demo() -> anyhow::Result<()> {
 //! let fc = FakeCloud::start(FakeCloudConfig::default()).await?;
-//! let ec2 = aws_sdk_ec2::Client::new(&buyonce_tests::fakecloud::sdk::config(&fc.endpoint(), "us-east-1"));
+//! let ec2 = aws_sdk_ec2::Client::new(&sdk::config(&fc.endpoint(), "us-east-1"));
 //! // … exercise the code under test …
 //! assert_eq!(fc.ledger().len(), 1);
 //! fc.shutdown().await;
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod admin;
