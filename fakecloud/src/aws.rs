@@ -12,13 +12,18 @@ use http::request::Parts;
 use http::StatusCode;
 
 use super::catalog::Offer;
+use super::elasticache::ElastiCache;
 use super::faults::{CommitFailure, Decision, InjectedError, OpKind};
 use super::identity::{AwsIdentity, CredentialError};
 use super::ledger::{Commitment, Detail, Provider};
+use super::memorydb::MemoryDb;
+use super::opensearch::OpenSearch;
 use super::protocol::{ApiError, AwsService, Params, Protocol};
+use super::rds::Rds;
+use super::redshift::Redshift;
 use super::server::{DropConnection, Shared};
 use super::sigv4::{Authorization, SigV4Error, SignedRequest};
-use super::{ec2, elasticache, memorydb, opensearch, rds, redshift, savingsplans, sts};
+use super::{ec2, reserved, savingsplans, sts};
 
 /// Everything a service handler needs to answer one call.
 pub struct Call<'a> {
@@ -218,11 +223,11 @@ pub async fn handle(shared: &Shared, parts: &Parts, body: Bytes) -> Response {
     let result = match target.service {
         AwsService::Ec2 => ec2::handle(&call),
         AwsService::SavingsPlans => savingsplans::handle(&call),
-        AwsService::Rds => rds::handle(&call),
-        AwsService::ElastiCache => elasticache::handle(&call),
-        AwsService::MemoryDb => memorydb::handle(&call),
-        AwsService::OpenSearch => opensearch::handle(&call),
-        AwsService::Redshift => redshift::handle(&call),
+        AwsService::Rds => reserved::handle::<Rds>(&call),
+        AwsService::ElastiCache => reserved::handle::<ElastiCache>(&call),
+        AwsService::MemoryDb => reserved::handle::<MemoryDb>(&call),
+        AwsService::OpenSearch => reserved::handle::<OpenSearch>(&call),
+        AwsService::Redshift => reserved::handle::<Redshift>(&call),
         AwsService::Sts => sts::handle(&call),
     };
     let response = match result {
@@ -510,12 +515,6 @@ pub fn injected(service: AwsService, error: &InjectedError) -> ApiError {
             status,
             code,
             message,
-        } => ApiError::new(
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code,
-            message
-                .clone()
-                .unwrap_or_else(|| format!("Injected fault {code}")),
-        ),
+        } => ApiError::injected(*status, code, message.as_deref()),
     }
 }

@@ -199,13 +199,7 @@ fn injected(error: &InjectedError) -> ApiError {
             status,
             code,
             message,
-        } => ApiError::new(
-            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code,
-            message
-                .clone()
-                .unwrap_or_else(|| format!("Injected fault {code}")),
-        ),
+        } => ApiError::injected(*status, code, message.as_deref()),
     }
 }
 

@@ -13,7 +13,8 @@ use super::aws::{valid_purchase_time, Call};
 use super::catalog::Offer;
 use super::ledger::Commitment;
 use super::protocol::{
-    fmt_price, paginate, wildcard_match, xml_response, ApiError, AwsService, Params,
+    fmt_price, invalid_parameter, missing_parameter, paginate, wildcard_match, xml_response,
+    ApiError, AwsService, Params,
 };
 use super::xml::XmlWriter;
 
@@ -35,19 +36,8 @@ pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
     }
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("InvalidParameterValue", message)
-}
-
-fn missing(key: &str) -> ApiError {
-    ApiError::bad_request(
-        "MissingParameter",
-        format!("The request must contain the parameter {key}"),
-    )
-}
-
 fn dry_run(params: &Params) -> Result<(), ApiError> {
-    if params.bool("DryRun", invalid)?.unwrap_or(false) {
+    if params.bool("DryRun", invalid_parameter)?.unwrap_or(false) {
         return Err(ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             "DryRunOperation",
@@ -84,7 +74,7 @@ fn filters(params: &Params) -> Result<Vec<Filter>, ApiError> {
             let name = f
                 .get("Name")
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| missing("Filter.N.Name"))?;
+                .ok_or_else(|| missing_parameter("Filter.N.Name"))?;
             Ok(Filter {
                 name: name.to_string(),
                 values: f.list("Value"),
@@ -120,7 +110,11 @@ fn offer_matches_filter(offer: &Offer<'_>, filter: &Filter) -> Result<bool, ApiE
             .zone
             .as_ref()
             .is_some_and(|z| any_value(v, &zone_id(z))),
-        other => return Err(invalid(format!("The filter '{other}' is invalid"))),
+        other => {
+            return Err(invalid_parameter(format!(
+                "The filter '{other}' is invalid"
+            )))
+        }
     })
 }
 
@@ -147,15 +141,15 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
     let p = call.params;
     let ids = p.list("ReservedInstancesOfferingId");
     let filters = filters(p)?;
-    let min = p.int("MinDuration", invalid)?;
-    let max = p.int("MaxDuration", invalid)?;
-    let page_size = p.int("MaxResults", invalid)?.unwrap_or(100);
+    let min = p.int("MinDuration", invalid_parameter)?;
+    let max = p.int("MaxDuration", invalid_parameter)?;
+    let page_size = p.int("MaxResults", invalid_parameter)?.unwrap_or(100);
     if !(5..=100).contains(&page_size) {
-        return Err(invalid(format!("Value ( {page_size} ) for parameter maxResults is invalid. Expecting a value between 5 and 100.")));
+        return Err(invalid_parameter(format!("Value ( {page_size} ) for parameter maxResults is invalid. Expecting a value between 5 and 100.")));
     }
     if let Some(class) = p.get("OfferingClass") {
         if class != "standard" && class != "convertible" {
-            return Err(invalid(format!(
+            return Err(invalid_parameter(format!(
                 "Invalid value '{class}' for OfferingClass"
             )));
         }
@@ -171,7 +165,9 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
         ]
         .contains(&ty)
         {
-            return Err(invalid(format!("Invalid value '{ty}' for OfferingType")));
+            return Err(invalid_parameter(format!(
+                "Invalid value '{ty}' for OfferingType"
+            )));
         }
     }
     // With an Availability Zone, only that zone's offerings; without, the regional offering and
@@ -179,7 +175,7 @@ fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
     let zone_wanted = p.get("AvailabilityZone");
     let zone_id_wanted = p.get("AvailabilityZoneId");
     if zone_wanted.is_some() && zone_id_wanted.is_some() {
-        return Err(invalid(
+        return Err(invalid_parameter(
             "Either AvailabilityZone or AvailabilityZoneId can be specified, but not both",
         ));
     }
@@ -267,24 +263,24 @@ fn recurring_charges(w: &mut XmlWriter, hourly: f64) {
 
 fn purchase(call: &Call<'_>) -> Result<Response, ApiError> {
     let p = call.params;
-    let offering_id = p.require("ReservedInstancesOfferingId", missing)?;
+    let offering_id = p.require("ReservedInstancesOfferingId", missing_parameter)?;
     let count = p
-        .int("InstanceCount", invalid)?
-        .ok_or_else(|| missing("InstanceCount"))?;
+        .int("InstanceCount", invalid_parameter)?
+        .ok_or_else(|| missing_parameter("InstanceCount"))?;
     let count = u32::try_from(count)
         .ok()
         .filter(|c| *c >= 1)
-        .ok_or_else(|| invalid(format!("Invalid value '{count}' for InstanceCount")))?;
+        .ok_or_else(|| invalid_parameter(format!("Invalid value '{count}' for InstanceCount")))?;
     // LimitPrice caps Marketplace purchases; the catalog sells only AWS offerings, for which AWS
     // does not apply it, so it is validated but not enforced (a spend cap is the buyer's job).
     if let Some(amount) = p.get("LimitPrice.Amount") {
-        amount
-            .parse::<f64>()
-            .map_err(|_| invalid(format!("Invalid value '{amount}' for LimitPrice.Amount")))?;
+        amount.parse::<f64>().map_err(|_| {
+            invalid_parameter(format!("Invalid value '{amount}' for LimitPrice.Amount"))
+        })?;
     }
     if let Some(currency) = p.get("LimitPrice.CurrencyCode") {
         if currency != "USD" {
-            return Err(invalid(format!(
+            return Err(invalid_parameter(format!(
                 "Invalid value '{currency}' for LimitPrice.CurrencyCode"
             )));
         }
@@ -296,7 +292,9 @@ fn purchase(call: &Call<'_>) -> Result<Response, ApiError> {
                 .map(|at| at.with_timezone(&Utc))
                 .ok()
                 .filter(|at| valid_purchase_time(call.now, *at))
-                .ok_or_else(|| invalid(format!("Invalid value '{t}' for PurchaseTime")))?,
+                .ok_or_else(|| {
+                    invalid_parameter(format!("Invalid value '{t}' for PurchaseTime"))
+                })?,
         ),
     };
     let offer = call
@@ -351,7 +349,7 @@ fn ri_matches_filter(ri: &Commitment, state: &str, filter: &Filter) -> Result<bo
         "availability-zone-id" => ri.zone.as_ref().is_some_and(|z| any_value(v, &zone_id(z))),
         name => match name.strip_prefix("tag:") {
             Some(key) => ri.tags.get(key).is_some_and(|value| any_value(v, value)),
-            None => return Err(invalid(format!("The filter '{name}' is invalid"))),
+            None => return Err(invalid_parameter(format!("The filter '{name}' is invalid"))),
         },
     })
 }
@@ -429,27 +427,31 @@ fn create_tags(call: &Call<'_>) -> Result<Response, ApiError> {
     let p = call.params;
     let resources = p.list("ResourceId");
     if resources.is_empty() {
-        return Err(missing("ResourceId"));
+        return Err(missing_parameter("ResourceId"));
     }
     let mut tags = BTreeMap::new();
     for tag in p.structs("Tag") {
         let key = tag.get("Key").unwrap_or_default();
         let value = tag.get("Value").unwrap_or_default();
         if key.is_empty() || key.chars().count() > 128 {
-            return Err(invalid("Tag keys must be between 1 and 128 characters"));
+            return Err(invalid_parameter(
+                "Tag keys must be between 1 and 128 characters",
+            ));
         }
         if key.starts_with("aws:") {
-            return Err(invalid(
+            return Err(invalid_parameter(
                 "Tag keys starting with 'aws:' are reserved for internal use",
             ));
         }
         if value.chars().count() > 256 {
-            return Err(invalid("Tag values must be at most 256 characters"));
+            return Err(invalid_parameter(
+                "Tag values must be at most 256 characters",
+            ));
         }
         tags.insert(key.to_string(), value.to_string());
     }
     if tags.is_empty() {
-        return Err(missing("Tag"));
+        return Err(missing_parameter("Tag"));
     }
     dry_run(p)?;
 

@@ -54,6 +54,7 @@ mod protocol;
 mod rds;
 pub mod realism;
 mod redshift;
+mod reserved;
 mod savingsplans;
 pub mod sdk;
 mod server;

@@ -10,41 +10,177 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::aws::Call;
+use super::catalog::Offer;
 use super::ledger::Commitment;
-use super::protocol::{duration_param, json_response, paginate, ApiError, AwsService, JsonInput};
+use super::protocol::{
+    duration_param, json_recurring_charges, json_response, ApiError, AwsService, JsonInput,
+};
+use super::reserved::{self, Criteria, Key, Lookup, Purchase, ReservedService, Wire};
 
-/// Dispatches one MemoryDB call.
-pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
-    let input = JsonInput::parse(call.body, invalid)?;
-    let body = match call.operation {
-        "DescribeReservedNodesOfferings" => describe_offerings(call, &input)?,
-        "PurchaseReservedNodesOffering" => purchase(call, &input)?,
-        "DescribeReservedNodes" => describe(call, &input)?,
-        other => {
-            return Err(ApiError::bad_request(
-                "UnknownOperationException",
-                format!("Unknown operation {other}"),
-            ));
-        }
-    };
-    Ok(json_response(
-        StatusCode::OK,
-        "application/x-amz-json-1.1",
-        &body,
-        call.request_id,
-    ))
+/// MemoryDB, as a [`ReservedService`] with its own [`Wire`].
+pub struct MemoryDb;
+
+impl Wire for MemoryDb {
+    type Input<'a> = JsonInput;
+
+    fn input(call: &Call<'_>) -> Result<JsonInput, ApiError> {
+        JsonInput::parse(call.body, invalid)
+    }
+
+    fn page_token(input: &JsonInput) -> Result<Option<&str>, ApiError> {
+        input.string("NextToken")
+    }
+
+    fn bad_page_token() -> ApiError {
+        invalid("Invalid NextToken".into())
+    }
+
+    fn unknown_operation(operation: &str) -> ApiError {
+        ApiError::bad_request(
+            "UnknownOperationException",
+            format!("Unknown operation {operation}"),
+        )
+    }
+}
+
+impl ReservedService for MemoryDb {
+    const SERVICE: AwsService = AwsService::MemoryDb;
+    const DESCRIBE_OFFERINGS: &'static str = "DescribeReservedNodesOfferings";
+    const PURCHASE: &'static str = "PurchaseReservedNodesOffering";
+    const DESCRIBE: &'static str = "DescribeReservedNodes";
+    const PURCHASED: &'static str = "MemoryDB reservation purchased";
+    type Wire = Self;
+
+    fn offerings_lookup(input: &JsonInput) -> Result<Lookup, ApiError> {
+        Ok(Lookup {
+            id: input.string("ReservedNodesOfferingId")?.map(str::to_string),
+            criteria: criteria(input)?,
+            page_size: page_size(input)?,
+        })
+    }
+
+    fn offering_not_found(id: &str) -> ApiError {
+        ApiError::bad_request(
+            "ReservedNodesOfferingNotFoundFault",
+            format!("Reserved nodes offering {id} not found"),
+        )
+    }
+
+    fn offerings_page(call: &Call<'_>, page: &[Offer<'_>], next: Option<String>) -> Response {
+        let items: Vec<Value> = page
+            .iter()
+            .map(|offer| {
+                let o = offer.offering;
+                json!({
+                    "ReservedNodesOfferingId": offer.id,
+                    "NodeType": o.resource_type,
+                    "Duration": o.duration_seconds,
+                    "FixedPrice": o.fixed_price,
+                    "OfferingType": o.payment_option.as_str(),
+                    "RecurringCharges": json_recurring_charges(o.recurring_hourly),
+                })
+            })
+            .collect();
+        respond(
+            call,
+            json!({ "ReservedNodesOfferings": items, "NextToken": next }),
+        )
+    }
+
+    fn purchase_request<'c>(
+        call: &'c Call<'_>,
+        input: &JsonInput,
+    ) -> Result<Purchase<'c>, ApiError> {
+        let offering_id = input
+            .string("ReservedNodesOfferingId")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| input.invalid("ReservedNodesOfferingId is required"))?;
+        let count = reserved::count(input.int("NodeCount")?, || {
+            input.invalid("NodeCount must be at least 1")
+        })?;
+        let tags = tags(input)?;
+        let offer = reserved::offer::<Self>(call, offering_id)?;
+        Ok(Purchase {
+            offer,
+            count,
+            key: Key::Id {
+                chosen: input
+                    .string("ReservationId")?
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_string),
+                taken: |id| {
+                    ApiError::bad_request(
+                        "ReservedNodeAlreadyExistsFault",
+                        format!("You already have a reservation with the given identifier {id}"),
+                    )
+                },
+            },
+            tags,
+        })
+    }
+
+    fn purchased(call: &Call<'_>, reservation: &Commitment) -> Response {
+        respond(
+            call,
+            json!({ "ReservedNode": reserved_node(call, reservation) }),
+        )
+    }
+
+    fn reservations_lookup(input: &JsonInput) -> Result<Lookup, ApiError> {
+        let id = input.string("ReservationId")?.filter(|id| !id.is_empty());
+        let offering_id = input.string("ReservedNodesOfferingId")?;
+        Ok(Lookup {
+            id: id.map(str::to_string),
+            criteria: Criteria {
+                offering_id: offering_id.map(str::to_string),
+                ..criteria(input)?
+            },
+            page_size: page_size(input)?,
+        })
+    }
+
+    fn reservation_not_found(id: &str) -> ApiError {
+        ApiError::bad_request(
+            "ReservedNodeNotFoundFault",
+            format!("Reserved node {id} not found"),
+        )
+    }
+
+    fn reservations_page(call: &Call<'_>, page: &[Commitment], next: Option<String>) -> Response {
+        let items: Vec<Value> = page.iter().map(|r| reserved_node(call, r)).collect();
+        respond(call, json!({ "ReservedNodes": items, "NextToken": next }))
+    }
 }
 
 fn invalid(message: String) -> ApiError {
     ApiError::bad_request("InvalidParameterValueException", message)
 }
 
-fn recurring(hourly: f64) -> Value {
-    if hourly > 0.0 {
-        json!([{ "RecurringChargeAmount": hourly, "RecurringChargeFrequency": "Hourly" }])
-    } else {
-        json!([])
-    }
+fn respond(call: &Call<'_>, body: Value) -> Response {
+    json_response(
+        StatusCode::OK,
+        "application/x-amz-json-1.1",
+        &body,
+        call.request_id,
+    )
+}
+
+/// The filters both Describe calls take: `NodeType`, `OfferingType`, `Duration`.
+fn criteria(input: &JsonInput) -> Result<Criteria, ApiError> {
+    let resource_type = input.string("NodeType")?.map(str::to_string);
+    let offering_type = input.string("OfferingType")?.map(str::to_string);
+    let duration = match input.string("Duration")? {
+        None => None,
+        Some(d) => {
+            Some(duration_param(d).ok_or_else(|| input.invalid(format!("Invalid duration: {d}")))?)
+        }
+    };
+    Ok(Criteria {
+        resource_type,
+        duration,
+        offering_type,
+        ..Criteria::default()
+    })
 }
 
 fn page_size(input: &JsonInput) -> Result<usize, ApiError> {
@@ -55,95 +191,7 @@ fn page_size(input: &JsonInput) -> Result<usize, ApiError> {
     Ok(n as usize)
 }
 
-fn duration(input: &JsonInput) -> Result<Option<i64>, ApiError> {
-    match input.string("Duration")? {
-        None => Ok(None),
-        Some(d) => duration_param(d)
-            .map(Some)
-            .ok_or_else(|| input.invalid(format!("Invalid duration: {d}"))),
-    }
-}
-
-fn offering_not_found(id: &str) -> ApiError {
-    ApiError::bad_request(
-        "ReservedNodesOfferingNotFoundFault",
-        format!("Reserved nodes offering {id} not found"),
-    )
-}
-
-fn describe_offerings(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
-    let id = input.string("ReservedNodesOfferingId")?;
-    let node_type = input.string("NodeType")?;
-    let offering_type = input.string("OfferingType")?;
-    let duration = duration(input)?;
-    let page_size = page_size(input)?;
-    let offers: Vec<_> = call
-        .shared
-        .catalog
-        .offers(AwsService::MemoryDb, call.region)
-        .into_iter()
-        .filter(|offer| {
-            let o = offer.offering;
-            id.is_none_or(|id| id == offer.id)
-                && node_type.is_none_or(|t| t == o.resource_type)
-                && offering_type.is_none_or(|t| t == o.payment_option.as_str())
-                && duration.is_none_or(|d| d == o.duration_seconds)
-        })
-        .collect();
-    if let Some(id) = id {
-        if offers.is_empty() {
-            return Err(offering_not_found(id));
-        }
-    }
-    let (page, next) = paginate(
-        offers,
-        input.string("NextToken")?,
-        call.page_size(page_size),
-    )
-    .map_err(|_| input.invalid("Invalid NextToken"))?;
-    let items: Vec<Value> = page
-        .iter()
-        .map(|offer| {
-            let o = offer.offering;
-            json!({
-                "ReservedNodesOfferingId": offer.id,
-                "NodeType": o.resource_type,
-                "Duration": o.duration_seconds,
-                "FixedPrice": o.fixed_price,
-                "OfferingType": o.payment_option.as_str(),
-                "RecurringCharges": recurring(o.recurring_hourly),
-            })
-        })
-        .collect();
-    Ok(json!({ "ReservedNodesOfferings": items, "NextToken": next }))
-}
-
-fn reserved_node(call: &Call<'_>, r: &Commitment) -> Value {
-    json!({
-        "ReservationId": r.id,
-        "ReservedNodesOfferingId": r.offering_id,
-        "NodeType": r.resource_type,
-        "StartTime": r.created_at.timestamp_millis() as f64 / 1000.0,
-        "Duration": r.duration_seconds,
-        "FixedPrice": r.unit_fixed,
-        "NodeCount": r.count,
-        "OfferingType": r.payment,
-        "State": r.state_at(call.now),
-        "RecurringCharges": recurring(r.unit_recurring),
-        "ARN": format!("arn:aws:memorydb:{}:{}:reservednode/{}", r.region, r.account, r.id),
-    })
-}
-
-fn purchase(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
-    let offering_id = input
-        .string("ReservedNodesOfferingId")?
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| input.invalid("ReservedNodesOfferingId is required"))?;
-    let count = input.int("NodeCount")?.unwrap_or(1);
-    let count = u32::try_from(count)
-        .ok()
-        .filter(|c| *c >= 1)
-        .ok_or_else(|| input.invalid("NodeCount must be at least 1"))?;
+fn tags(input: &JsonInput) -> Result<BTreeMap<String, String>, ApiError> {
     let mut tags = BTreeMap::new();
     if let Some(list) = input.value("Tags") {
         for tag in list
@@ -159,76 +207,21 @@ fn purchase(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
             tags.insert(key.to_string(), value.to_string());
         }
     }
-    let offer = call
-        .shared
-        .catalog
-        .offer(AwsService::MemoryDb, call.region, offering_id)
-        .ok_or_else(|| offering_not_found(offering_id))?;
-
-    // Check and insert under one lock: concurrent purchases of one ID create one reservation.
-    let mut store = call.shared.store();
-    let id = match input.string("ReservationId")?.filter(|id| !id.is_empty()) {
-        Some(id) => id.to_string(),
-        None => store.uuid(),
-    };
-    if store
-        .scoped("memorydb", call.account(), call.region)
-        .any(|c| c.id == id)
-    {
-        return Err(ApiError::bad_request(
-            "ReservedNodeAlreadyExistsFault",
-            format!("You already have a reservation with the given identifier {id}"),
-        ));
-    }
-    let node = call.new_reservation(
-        AwsService::MemoryDb,
-        &offer,
-        id.clone(),
-        count,
-        Some(id.clone()),
-        tags,
-    );
-    store.commitments.push(node.clone());
-    drop(store);
-    tracing::info!(reservation.id = %id, offering.id = %offering_id, count, account = %call.account(), region = %call.region, "MemoryDB reservation purchased");
-    Ok(json!({ "ReservedNode": reserved_node(call, &node) }))
+    Ok(tags)
 }
 
-fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
-    let id = input.string("ReservationId")?.filter(|id| !id.is_empty());
-    let offering_id = input.string("ReservedNodesOfferingId")?;
-    let node_type = input.string("NodeType")?;
-    let offering_type = input.string("OfferingType")?;
-    let duration = duration(input)?;
-    let page_size = page_size(input)?;
-    let mut found: Vec<Commitment> = call
-        .shared
-        .store()
-        .scoped("memorydb", call.account(), call.region)
-        .filter(|r| {
-            id.is_none_or(|id| r.id == id)
-                && offering_id.is_none_or(|o| o == r.offering_id)
-                && node_type.is_none_or(|t| t == r.resource_type)
-                && offering_type.is_none_or(|t| t == r.payment)
-                && duration.is_none_or(|d| d == r.duration_seconds)
-        })
-        .cloned()
-        .collect();
-    if call.faults.lookup_empty {
-        found.clear();
-    }
-    // Eventual consistency (realism): a fresh reservation is not listed yet.
-    found.retain(|r| call.visible(r));
-    if let Some(id) = id {
-        if found.is_empty() {
-            return Err(ApiError::bad_request(
-                "ReservedNodeNotFoundFault",
-                format!("Reserved node {id} not found"),
-            ));
-        }
-    }
-    let (page, next) = paginate(found, input.string("NextToken")?, call.page_size(page_size))
-        .map_err(|_| input.invalid("Invalid NextToken"))?;
-    let items: Vec<Value> = page.iter().map(|r| reserved_node(call, r)).collect();
-    Ok(json!({ "ReservedNodes": items, "NextToken": next }))
+fn reserved_node(call: &Call<'_>, r: &Commitment) -> Value {
+    json!({
+        "ReservationId": r.id,
+        "ReservedNodesOfferingId": r.offering_id,
+        "NodeType": r.resource_type,
+        "StartTime": r.created_at.timestamp_millis() as f64 / 1000.0,
+        "Duration": r.duration_seconds,
+        "FixedPrice": r.unit_fixed,
+        "NodeCount": r.count,
+        "OfferingType": r.payment,
+        "State": r.state_at(call.now),
+        "RecurringCharges": json_recurring_charges(r.unit_recurring),
+        "ARN": format!("arn:aws:memorydb:{}:{}:reservednode/{}", r.region, r.account, r.id),
+    })
 }

@@ -159,6 +159,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// The error a custom fault rule asks for (an unknown status is a 500).
+    pub fn injected(status: u16, code: &str, message: Option<&str>) -> Self {
+        Self::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            message.map_or_else(|| format!("Injected fault {code}"), str::to_string),
+        )
+    }
+
     /// Writes the error in the protocol's shape.
     pub fn render(&self, protocol: Protocol, request_id: &str) -> Response {
         match protocol {
@@ -529,12 +538,32 @@ pub fn duration_param(value: &str) -> Option<i64> {
     }
 }
 
+/// The query protocols' (EC2, awsQuery) 400 `InvalidParameterValue`.
+pub fn invalid_parameter(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("InvalidParameterValue", message)
+}
+
+/// The query protocols' (EC2, awsQuery) 400 `MissingParameter` for `key`.
+pub fn missing_parameter(key: &str) -> ApiError {
+    ApiError::bad_request(
+        "MissingParameter",
+        format!("The request must contain the parameter {key}"),
+    )
+}
+
+/// awsQuery's 400 `InvalidAction` for an operation the service does not have.
+pub fn unknown_query_operation(operation: &str) -> ApiError {
+    ApiError::bad_request(
+        "InvalidAction",
+        format!("Could not find operation {operation}"),
+    )
+}
+
 /// awsQuery `MaxRecords`: default 100, allowed 20–100 (RDS, ElastiCache, Redshift).
 pub fn max_records(params: &Params) -> Result<usize, ApiError> {
-    let invalid = |m: String| ApiError::bad_request("InvalidParameterValue", m);
-    let n = params.int("MaxRecords", invalid)?.unwrap_or(100);
+    let n = params.int("MaxRecords", invalid_parameter)?.unwrap_or(100);
     if !(20..=100).contains(&n) {
-        return Err(invalid(format!(
+        return Err(invalid_parameter(format!(
             "Invalid value {n} for MaxRecords. Must be between 20 and 100"
         )));
     }
@@ -551,6 +580,15 @@ pub fn query_recurring_charges(w: &mut XmlWriter, hourly: f64) {
             });
         }
     });
+}
+
+/// The JSON protocols' `RecurringCharges` list of an hourly charge.
+pub fn json_recurring_charges(hourly: f64) -> serde_json::Value {
+    if hourly > 0.0 {
+        serde_json::json!([{ "RecurringChargeAmount": hourly, "RecurringChargeFrequency": "Hourly" }])
+    } else {
+        serde_json::json!([])
+    }
 }
 
 /// ISO 8601 with milliseconds, as AWS XML timestamps are written.

@@ -9,123 +9,117 @@ use axum::response::Response;
 use http::StatusCode;
 
 use super::aws::Call;
+use super::catalog::Offer;
 use super::ledger::Commitment;
 use super::protocol::{
-    fmt_price, iso_time, max_records, paginate, query_recurring_charges, query_success, ApiError,
-    AwsService,
+    fmt_price, invalid_parameter, iso_time, max_records, missing_parameter,
+    query_recurring_charges, query_success, ApiError, AwsService, Params,
 };
+use super::reserved::{self, Key, Lookup, Purchase, Query, ReservedService, Wire as _};
 use super::xml::XmlWriter;
 
-/// Dispatches one Redshift call.
-pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
-    match call.operation {
-        "DescribeReservedNodeOfferings" => describe_offerings(call),
-        "PurchaseReservedNodeOffering" => purchase(call),
-        "DescribeReservedNodes" => describe(call),
-        "CreateTags" => create_tags(call),
-        "DescribeTags" => describe_tags(call),
-        other => Err(ApiError::bad_request(
-            "InvalidAction",
-            format!("Could not find operation {other}"),
-        )),
-    }
-}
+/// Redshift, as a [`ReservedService`] whose purchases carry no [`Key`].
+pub struct Redshift;
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("InvalidParameterValue", message)
-}
+impl ReservedService for Redshift {
+    const SERVICE: AwsService = AwsService::Redshift;
+    const DESCRIBE_OFFERINGS: &'static str = "DescribeReservedNodeOfferings";
+    const PURCHASE: &'static str = "PurchaseReservedNodeOffering";
+    const DESCRIBE: &'static str = "DescribeReservedNodes";
+    const PURCHASED: &'static str = "Redshift reserved node purchased";
+    type Wire = Query;
 
-fn missing(key: &str) -> ApiError {
-    ApiError::bad_request(
-        "MissingParameter",
-        format!("The request must contain the parameter {key}"),
-    )
-}
-
-fn offering_not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "ReservedNodeOfferingNotFound",
-        format!("Specified offering {id} does not exist."),
-    )
-}
-
-fn describe_offerings(call: &Call<'_>) -> Result<Response, ApiError> {
-    let p = call.params;
-    let page_size = max_records(p)?;
-    let id = p.get("ReservedNodeOfferingId");
-    let offers: Vec<_> = call
-        .shared
-        .catalog
-        .offers(AwsService::Redshift, call.region)
-        .into_iter()
-        .filter(|o| id.is_none_or(|id| id == o.id))
-        .collect();
-    if let Some(id) = id {
-        if offers.is_empty() {
-            return Err(offering_not_found(id));
+    fn other_operation(call: &Call<'_>) -> Result<Response, ApiError> {
+        match call.operation {
+            "CreateTags" => create_tags(call),
+            "DescribeTags" => describe_tags(call),
+            other => Err(Query::unknown_operation(other)),
         }
     }
-    let (page, marker) = paginate(offers, p.get("Marker"), call.page_size(page_size))
-        .map_err(|_| invalid("Invalid marker"))?;
-    Ok(query_success(
-        AwsService::Redshift,
-        call.operation,
-        call.request_id,
-        |w| {
-            w.opt_leaf("Marker", marker.as_deref());
-            w.elem("ReservedNodeOfferings", |w| {
-                for offer in &page {
-                    let o = offer.offering;
-                    w.elem("ReservedNodeOffering", |w| {
-                        w.leaf("ReservedNodeOfferingId", &offer.id);
-                        w.leaf("NodeType", &o.resource_type);
-                        w.leaf("Duration", o.duration_seconds);
-                        w.leaf("FixedPrice", fmt_price(o.fixed_price));
-                        w.leaf("UsagePrice", fmt_price(o.usage_price));
-                        w.leaf("CurrencyCode", &o.currency);
-                        w.leaf("OfferingType", o.payment_option.as_str());
-                        query_recurring_charges(w, o.recurring_hourly);
-                        w.leaf("ReservedNodeOfferingType", "Regular");
-                    });
-                }
-            });
-        },
-    ))
-}
 
-fn purchase(call: &Call<'_>) -> Result<Response, ApiError> {
-    let p = call.params;
-    let offering_id = p.require("ReservedNodeOfferingId", missing)?;
-    let count = p.int("NodeCount", invalid)?.unwrap_or(1);
-    let count = u32::try_from(count)
-        .ok()
-        .filter(|c| *c >= 1)
-        .ok_or_else(|| invalid("NodeCount must be at least 1"))?;
-    let offer = call
-        .shared
-        .catalog
-        .offer(AwsService::Redshift, call.region, offering_id)
-        .ok_or_else(|| offering_not_found(offering_id))?;
-    let mut store = call.shared.store();
-    let id = store.uuid();
-    let node = call.new_reservation(
-        AwsService::Redshift,
-        &offer,
-        id.clone(),
-        count,
-        None,
-        Default::default(),
-    );
-    store.commitments.push(node.clone());
-    drop(store);
-    tracing::info!(reserved_node.id = %id, offering.id = %offering_id, count, account = %call.account(), region = %call.region, "Redshift reserved node purchased");
-    Ok(query_success(
-        AwsService::Redshift,
-        call.operation,
-        call.request_id,
-        |w| reserved_node(w, call, &node),
-    ))
+    fn offerings_lookup(p: &&Params) -> Result<Lookup, ApiError> {
+        Ok(Lookup {
+            page_size: max_records(p)?,
+            id: p.get("ReservedNodeOfferingId").map(str::to_string),
+            ..Lookup::default()
+        })
+    }
+
+    fn offering_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ReservedNodeOfferingNotFound",
+            format!("Specified offering {id} does not exist."),
+        )
+    }
+
+    fn offerings_page(call: &Call<'_>, page: &[Offer<'_>], next: Option<String>) -> Response {
+        reserved::query_page(
+            call,
+            Self::SERVICE,
+            "ReservedNodeOfferings",
+            next,
+            page,
+            |w, offer| {
+                let o = offer.offering;
+                w.elem("ReservedNodeOffering", |w| {
+                    w.leaf("ReservedNodeOfferingId", &offer.id);
+                    w.leaf("NodeType", &o.resource_type);
+                    w.leaf("Duration", o.duration_seconds);
+                    w.leaf("FixedPrice", fmt_price(o.fixed_price));
+                    w.leaf("UsagePrice", fmt_price(o.usage_price));
+                    w.leaf("CurrencyCode", &o.currency);
+                    w.leaf("OfferingType", o.payment_option.as_str());
+                    query_recurring_charges(w, o.recurring_hourly);
+                    w.leaf("ReservedNodeOfferingType", "Regular");
+                });
+            },
+        )
+    }
+
+    fn purchase_request<'c>(call: &'c Call<'_>, p: &&Params) -> Result<Purchase<'c>, ApiError> {
+        let offering_id = p.require("ReservedNodeOfferingId", missing_parameter)?;
+        let count = reserved::count(p.int("NodeCount", invalid_parameter)?, || {
+            invalid_parameter("NodeCount must be at least 1")
+        })?;
+        Ok(Purchase {
+            offer: reserved::offer::<Self>(call, offering_id)?,
+            count,
+            key: Key::None,
+            tags: Default::default(),
+        })
+    }
+
+    fn purchased(call: &Call<'_>, reservation: &Commitment) -> Response {
+        query_success(Self::SERVICE, call.operation, call.request_id, |w| {
+            reserved_node(w, call, reservation)
+        })
+    }
+
+    fn reservations_lookup(p: &&Params) -> Result<Lookup, ApiError> {
+        Ok(Lookup {
+            page_size: max_records(p)?,
+            id: p
+                .get("ReservedNodeId")
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
+            ..Lookup::default()
+        })
+    }
+
+    fn reservation_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ReservedNodeNotFound",
+            format!("The specified reserved compute node {id} not found."),
+        )
+    }
+
+    fn reservations_page(call: &Call<'_>, page: &[Commitment], next: Option<String>) -> Response {
+        reserved::query_page(call, Self::SERVICE, "ReservedNodes", next, page, |w, r| {
+            reserved_node(w, call, r)
+        })
+    }
 }
 
 fn reserved_node(w: &mut XmlWriter, call: &Call<'_>, r: &Commitment) {
@@ -146,48 +140,6 @@ fn reserved_node(w: &mut XmlWriter, call: &Call<'_>, r: &Commitment) {
     });
 }
 
-fn describe(call: &Call<'_>) -> Result<Response, ApiError> {
-    let p = call.params;
-    let page_size = max_records(p)?;
-    let id = p.get("ReservedNodeId").filter(|id| !id.is_empty());
-    let mut found: Vec<Commitment> = call
-        .shared
-        .store()
-        .scoped("redshift", call.account(), call.region)
-        .filter(|r| id.is_none_or(|id| r.id == id))
-        .cloned()
-        .collect();
-    if call.faults.lookup_empty {
-        found.clear();
-    }
-    // Eventual consistency (realism): a fresh reservation is not listed yet.
-    found.retain(|r| call.visible(r));
-    if let Some(id) = id {
-        if found.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "ReservedNodeNotFound",
-                format!("The specified reserved compute node {id} not found."),
-            ));
-        }
-    }
-    let (page, marker) = paginate(found, p.get("Marker"), call.page_size(page_size))
-        .map_err(|_| invalid("Invalid marker"))?;
-    Ok(query_success(
-        AwsService::Redshift,
-        call.operation,
-        call.request_id,
-        |w| {
-            w.opt_leaf("Marker", marker.as_deref());
-            w.elem("ReservedNodes", |w| {
-                for r in &page {
-                    reserved_node(w, call, r);
-                }
-            });
-        },
-    ))
-}
-
 /// `arn:aws:redshift:<region>:<account>:<type>:<name>` → `<type>`.
 fn arn_resource_type(arn: &str) -> Option<&str> {
     let mut parts = arn.splitn(6, ':');
@@ -205,14 +157,14 @@ fn arn_resource_type(arn: &str) -> Option<&str> {
 }
 
 fn not_taggable() -> ApiError {
-    invalid("Tagging is not supported for resource type reservednode.")
+    invalid_parameter("Tagging is not supported for resource type reservednode.")
 }
 
 fn create_tags(call: &Call<'_>) -> Result<Response, ApiError> {
     let p = call.params;
-    let arn = p.require("ResourceName", missing)?;
+    let arn = p.require("ResourceName", missing_parameter)?;
     match arn_resource_type(arn) {
-        None => Err(invalid(format!("Invalid ARN {arn}"))),
+        None => Err(invalid_parameter(format!("Invalid ARN {arn}"))),
         Some("reservednode") => Err(not_taggable()),
         // No other Redshift resource is emulated, so any other ARN names nothing.
         Some(_) => Err(ApiError::new(

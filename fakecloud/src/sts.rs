@@ -7,7 +7,7 @@ use chrono::TimeDelta;
 
 use super::aws::Call;
 use super::identity::role_id;
-use super::protocol::{iso_time, query_success, ApiError, AwsService};
+use super::protocol::{iso_time, query_success, unknown_query_operation, ApiError, AwsService};
 
 /// Dispatches one STS call.
 pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
@@ -23,10 +23,7 @@ pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
             },
         )),
         "AssumeRole" => assume_role(call),
-        other => Err(ApiError::bad_request(
-            "InvalidAction",
-            format!("Could not find operation {other}"),
-        )),
+        other => Err(unknown_query_operation(other)),
     }
 }
 
