@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use buyonce_fakecloud::{FakeCloud, FakeCloudConfig, Realism, DEFAULT_TENANT};
 use buyonce_shared::amqp::Publisher;
 use buyonce_shared::store::executions::Submitted;
 use buyonce_shared::store::{ItemRow, Store};
@@ -18,8 +19,6 @@ use buyonce_worker::handler::{Handler, HandlerSettings, Outcome};
 use buyonce_worker::metrics::Metrics;
 use buyonce_worker::startup::{self, RunningWorker};
 use tokio_util::sync::CancellationToken;
-
-use crate::fakecloud::{FakeCloud, FakeCloudConfig, Realism, DEFAULT_TENANT};
 
 /// The role name workers assume in each account (fakecloud accepts any role).
 pub const ROLE: &str = "buyonce-purchaser";

@@ -1,7 +1,7 @@
-//! buyonce integration support: `fakecloud`, the local AWS + Azure commitment-purchase emulator
-//! that every test of the project runs against, and the harness the integration suites (in
-//! `tests/tests/`), the benchmark and the demo build their isolated worlds with.
+//! buyonce integration support: the harness the integration suites (in `tests/tests/`), the
+//! benchmark and the demo build their isolated worlds with — each with its own fakecloud (the
+//! `buyonce-fakecloud` crate) — and the throwaway Postgres and RabbitMQ nodes of the suites that
+//! must stop or reconfigure a server.
 
-pub mod fakecloud;
 pub mod harness;
 pub mod nodes;

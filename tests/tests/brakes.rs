@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
+use buyonce_fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, wait_for, World};
 use tokio_util::sync::CancellationToken;
 

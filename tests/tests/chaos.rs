@@ -31,15 +31,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use buyonce_fakecloud::{
+    CommitFailure, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError, LedgerEntry,
+    Realism, DEFAULT_IDEMPOTENCY_TAG_KEY,
+};
 use buyonce_shared::amqp::{self, Publisher, Topology};
 use buyonce_shared::config::{AmqpConfig, DatabaseConfig};
 use buyonce_shared::store::commitments::CommitmentRow;
 use buyonce_shared::store::{ItemRow, ItemStatus, Store};
 use buyonce_shared::ExecutionDocument;
-use buyonce_tests::fakecloud::{
-    CommitFailure, FakeCloud, FakeCloudConfig, FaultRule, Faults, InjectedError, LedgerEntry,
-    Realism, DEFAULT_IDEMPOTENCY_TAG_KEY,
-};
 use buyonce_tests::harness::{execution, purchase_op, SERVICES, TEST_VISIBILITY_DELAY};
 use buyonce_tests::nodes::{
     process_env_with, spawn_binary, wait_exit, with_search_path, world_on, KillOnDrop, PgCluster,

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use buyonce_fakecloud::{CommitFailure, FaultRule, Faults, InjectedError};
 use buyonce_producer::dlq::{self, ReplayRequest, Selection};
 use buyonce_shared::store::dead_letters::DeadLetterFilter;
 use buyonce_shared::DeadLetterReason;
-use buyonce_tests::fakecloud::{CommitFailure, FaultRule, Faults, InjectedError};
 use buyonce_tests::harness::{execution, purchase_op, recommendation, wait_for, World};
 use tokio_util::sync::CancellationToken;
 

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Scope;
-use buyonce_shared::store::ItemStatus;
-use buyonce_shared::{DeadLetterReason, PurchaseMessage};
-use buyonce_tests::fakecloud::catalog::{PaymentOption, SavingsPlanOffering, ONE_YEAR};
-use buyonce_tests::fakecloud::{
+use buyonce_fakecloud::catalog::{PaymentOption, SavingsPlanOffering, ONE_YEAR};
+use buyonce_fakecloud::{
     sdk, Catalog, CommitFailure, FakeCloudConfig, FaultRule, Faults, InjectedError, Realism,
 };
+use buyonce_shared::store::ItemStatus;
+use buyonce_shared::{DeadLetterReason, PurchaseMessage};
 use buyonce_tests::harness::{
     execution, handle_until_settled, purchase_op, recommendation, World, TEST_VISIBILITY_DELAY,
 };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
+use buyonce_fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, World};
 use buyonce_worker::handler::Outcome;
 use buyonce_worker::reaper::{Reaper, ReaperConfig};

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use buyonce_fakecloud::FakeCloudConfig;
 use buyonce_shared::config::{AmqpConfig, DatabaseConfig};
 use buyonce_shared::{amqp, db};
-use buyonce_tests::fakecloud::FakeCloudConfig;
 use buyonce_tests::harness::{execution, recommendation, signal, wait_for};
 use buyonce_tests::nodes::{
     find_log_event, process_env_with, spawn_binary, wait_exit, with_search_path, world_on,

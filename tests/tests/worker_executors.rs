@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
+use buyonce_fakecloud::{CommitFailure, FaultRule, Faults};
 use buyonce_shared::store::Store;
 use buyonce_shared::PurchaseMessage;
-use buyonce_tests::fakecloud::{CommitFailure, FaultRule, Faults};
 use buyonce_tests::harness::{
     execution, guard_op, handle_until_settled, purchase_op, recommendation, World,
 };

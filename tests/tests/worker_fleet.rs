@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use buyonce_fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_shared::amqp::headers;
 use buyonce_shared::store::dead_letters::DeadLetterFilter;
-use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, signal, wait_for, World, SERVICES};
 use tokio_util::sync::CancellationToken;
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use buyonce_fakecloud::{FaultRule, Faults, InjectedError};
 use buyonce_shared::envelope::MAX_MESSAGE_BYTES;
 use buyonce_shared::store::ItemStatus;
 use buyonce_shared::{DeadLetterReason, IdempotencyToken, PurchaseMessage};
-use buyonce_tests::fakecloud::{FaultRule, Faults, InjectedError};
 use buyonce_tests::harness::{
     execution, handle_until_settled, purchase_op, recommendation, total_calls, World,
 };

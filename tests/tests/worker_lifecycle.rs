@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use buyonce_fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_shared::Service;
-use buyonce_tests::fakecloud::{FakeCloudConfig, FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, wait_for, World};
 use buyonce_worker::error::PurchaseError;
 use buyonce_worker::executors::{Executor, PurchaseContext, PurchaseRequest, Purchased};

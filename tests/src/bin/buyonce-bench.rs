@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use buyonce_fakecloud::{FaultRule, Faults};
 use buyonce_shared::store::Store;
 use buyonce_shared::{ExecutionDocument, PurchaseMessage};
-use buyonce_tests::fakecloud::{FaultRule, Faults};
 use buyonce_tests::harness::{execution, recommendation, signal, World};
 use buyonce_tests::nodes::KillOnDrop;
 use buyonce_worker::reaper::{Reaper, ReaperConfig};

@@ -14,13 +14,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use buyonce_fakecloud::{FakeCloud, FakeCloudConfig, FaultRule, Faults, Realism, DEFAULT_TENANT};
 use buyonce_shared::amqp::{self, Publisher, Topology};
 use buyonce_shared::config::{redact_url, AmqpConfig, DatabaseConfig};
 use buyonce_shared::store::{ItemRow, Store};
 use buyonce_shared::{db, ExecutionDocument};
-use buyonce_tests::fakecloud::{
-    FakeCloud, FakeCloudConfig, FaultRule, Faults, Realism, DEFAULT_TENANT,
-};
 use buyonce_worker::clients::aws::AwsSettings;
 use buyonce_worker::clients::azure::AzureSettings;
 use buyonce_worker::config::WorkerConfig;

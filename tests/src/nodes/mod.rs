@@ -32,8 +32,8 @@ use buyonce_shared::store::Store;
 use buyonce_shared::testing::{unique_name, TestBroker, TestDb};
 use tokio::process::Command;
 
-use crate::fakecloud::{FakeCloud, FakeCloudConfig};
 use crate::harness::World;
+use buyonce_fakecloud::{FakeCloud, FakeCloudConfig};
 
 pub use postgres::{postgres_bin_dir, PgCluster, PgOptions};
 pub use process::{find_log_event, process_env_with, spawn_binary, wait_exit, KillOnDrop};

@@ -117,11 +117,9 @@ impl PurchaseContext for PurchaseScope<'_> {
         // the call — the new owner's settle window covers (a takeover marks the item ambiguous).
         match self.store.heartbeat(self.token, self.claim_id).await {
             Ok(true) => {}
-            Ok(false) => {
-                return Err(PurchaseError::transient(
-                    "lost the claim to another worker before buying; not buying (the new owner buys)",
-                ))
-            }
+            Ok(false) => return Err(PurchaseError::transient(
+                "lost the claim to another worker before buying; not buying (the new owner buys)",
+            )),
             Err(e) => {
                 return Err(PurchaseError::transient(format!(
                     "cannot confirm the claim, not buying: {e}"
