@@ -1347,7 +1347,7 @@ fn dockerfile_builds_workspace_binaries_in_cached_layers_and_runs_them_as_non_ro
 /// IAM service prefix → the file under worker/src that calls that AWS SDK client (OpenSearch's
 /// prefix is `es`). Every file using an `aws_sdk_*` client must be here.
 const SERVICE_FILE: &[(&str, &str)] = &[
-    ("sts", "aws.rs"),
+    ("sts", "clients/aws/mod.rs"),
     ("ec2", "executors/ec2.rs"),
     ("savingsplans", "executors/savings_plans.rs"),
     ("rds", "executors/rds.rs"),
@@ -1369,7 +1369,7 @@ enum Needed {
 }
 use Needed::{Call, Provider, TagsOn};
 
-/// Every AWS action buyonce needs: what worker/src/aws.rs (STS) and
+/// Every AWS action buyonce needs: what worker/src/clients/aws/mod.rs (STS) and
 /// worker/src/executors/{ec2,savings_plans,rds,elasticache,memorydb,opensearch,redshift}.rs call.
 /// Savings Plans' CreateSavingsPlan carries tags too, but its reference entry lists no dependent
 /// action (tags there are governed by aws:RequestTag conditions on CreateSavingsPlan itself).
