@@ -139,7 +139,7 @@ pub(crate) fn item_from_row(row: &Row) -> StoreResult<ItemRow> {
 }
 
 /// A `rec_index` column (`INT`) as a [`RecIndex`].
-pub(crate) fn rec_index_at(row: &Row, idx: usize) -> StoreResult<RecIndex> {
+fn rec_index_at(row: &Row, idx: usize) -> StoreResult<RecIndex> {
     let raw: i32 = row.try_get(idx)?;
     u32::try_from(raw)
         .map_err(|e| e.to_string())
@@ -148,7 +148,9 @@ pub(crate) fn rec_index_at(row: &Row, idx: usize) -> StoreResult<RecIndex> {
 }
 
 /// The recommendation as [`recommendation_json`] stores it: a JSON object with sorted keys,
-/// which is what `ItemRow` printed when it held the column's `jsonb` value.
+/// which is what `ItemRow` printed when it held the column's `jsonb` value. Only where jsonb
+/// rewrote a number does the text differ: an amount of 1e16 or more (`max_upfront_usd` is the
+/// only unbounded one) printed as jsonb's integer, now as serde writes it, and `-0.0` as `0.0`.
 fn serialize_canonical<S: serde::Serializer>(
     rec: &Recommendation,
     s: S,
