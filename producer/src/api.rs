@@ -368,7 +368,7 @@ async fn get_execution(State(app): State<App>, Path(id): Path<String>) -> Respon
         Ok(id) => id,
         Err(e) => return bad_execution_id(&e),
     };
-    match status::execution_view(&app.store, id.as_str()).await {
+    match status::execution_view(&app.store, &id).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => error_body(
             StatusCode::NOT_FOUND,
@@ -409,7 +409,7 @@ async fn redrive_execution(
         },
         Err(rejection) => return bad_query(&rejection),
     };
-    let result = match redrive::requeue_with(&app.store, id.as_str(), options).await {
+    let result = match redrive::requeue_with(&app.store, &id, options).await {
         Ok(requeued) => match app.broker.publisher().await {
             Ok(publisher) => redrive::publish_requeued(&app.store, &publisher, requeued).await,
             Err(e) => Err(requeued.unpublished(&e)),
@@ -442,7 +442,7 @@ async fn cancel_execution(State(app): State<App>, Path(id): Path<String>) -> Res
         Ok(id) => id,
         Err(e) => return bad_execution_id(&e),
     };
-    match cancel::cancel(&app.store, id.as_str(), "api").await {
+    match cancel::cancel(&app.store, &id, "api").await {
         Ok(report) => Json(report).into_response(),
         Err(e @ CancelError::NotFound(_)) => {
             error_body(StatusCode::NOT_FOUND, e.to_string(), Value::Null)

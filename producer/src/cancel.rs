@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use buyonce_shared::store::{Cas, ExecutionStatus, ItemRow, Store, StoreError};
+use buyonce_shared::ExecutionId;
 use serde::Serialize;
 use tracing::info;
 
@@ -22,8 +23,8 @@ pub struct ItemRef {
 impl From<&ItemRow> for ItemRef {
     fn from(i: &ItemRow) -> Self {
         Self {
-            rec_index: i.rec_index,
-            service: i.service.clone(),
+            rec_index: i.rec_index.as_i32(),
+            service: i.service.as_str().to_owned(),
             token: i.masked_token(),
         }
     }
@@ -62,7 +63,7 @@ pub enum CancelError {
 #[tracing::instrument(skip_all, fields(execution.id = %execution_id))]
 pub async fn cancel(
     store: &Store,
-    execution_id: &str,
+    execution_id: &ExecutionId,
     cancelled_by: &str,
 ) -> Result<CancelReport, CancelError> {
     match store.cancel_execution(execution_id, cancelled_by).await? {
@@ -75,13 +76,13 @@ pub async fn cancel(
                 "execution cancelled"
             );
             Ok(CancelReport {
-                execution_id: execution_id.to_owned(),
+                execution_id: execution_id.to_string(),
                 already_cancelled: false,
                 cancelled: c.cancelled.iter().map(ItemRef::from).collect(),
                 still_running: c.running.iter().map(ItemRef::from).collect(),
             })
         }
-        Cas::NotFound => Err(CancelError::NotFound(execution_id.to_owned())),
+        Cas::NotFound => Err(CancelError::NotFound(execution_id.to_string())),
         Cas::Conflict { actual } if actual == ExecutionStatus::Cancelled.as_str() => {
             let running = store
                 .items_of(execution_id)
@@ -91,14 +92,14 @@ pub async fn cancel(
                 .map(ItemRef::from)
                 .collect();
             Ok(CancelReport {
-                execution_id: execution_id.to_owned(),
+                execution_id: execution_id.to_string(),
                 already_cancelled: true,
                 cancelled: Vec::new(),
                 still_running: running,
             })
         }
         Cas::Conflict { actual } => Err(CancelError::Ended {
-            execution_id: execution_id.to_owned(),
+            execution_id: execution_id.to_string(),
             status: ExecutionStatus::parse(&actual).unwrap_or(ExecutionStatus::Failed),
         }),
     }

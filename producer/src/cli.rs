@@ -254,7 +254,7 @@ pub async fn status(
         }
         return Ok(());
     };
-    let view = status::execution_view(&store, id.as_str())
+    let view = status::execution_view(&store, &id)
         .await
         .context("reading the execution")?
         .ok_or_else(|| CliError::Other(anyhow::anyhow!("no execution {id}")))?;
@@ -282,7 +282,7 @@ pub async fn redrive(
     let store = connect_store(common).await?;
     let (connection, publisher) = connect_publisher(common).await?;
     let options = RedriveOptions { include_cancelled };
-    let result = redrive::redrive_with(&store, &publisher, id.as_str(), options).await;
+    let result = redrive::redrive_with(&store, &publisher, &id, options).await;
     let _ = connection.close(200, "done".into()).await;
     let report = match &result {
         Ok(report) => report,
@@ -331,7 +331,7 @@ fn render_redrive(report: &RedriveReport) -> String {
 pub async fn cancel(common: &CommonConfig, execution_id: &str, json: bool) -> Result<(), CliError> {
     let id = parse_execution_id(execution_id)?;
     let store = connect_store(common).await?;
-    let report = cancel::cancel(&store, id.as_str(), &fleet::operator_identity()).await?;
+    let report = cancel::cancel(&store, &id, &fleet::operator_identity()).await?;
     if json {
         print_json(&report);
     } else {

@@ -8,6 +8,7 @@
 use buyonce_shared::amqp::Publisher;
 use buyonce_shared::relay::publish_items;
 use buyonce_shared::store::{Cas, ExecutionStatus, ItemRow, ItemStatus, Store, StoreError};
+use buyonce_shared::{ExecutionId, IdempotencyToken, LineageKey, RecIndex};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -68,21 +69,21 @@ pub enum RedriveError {
 /// Items moved back to `queued`, not yet published.
 #[derive(Debug)]
 pub struct Requeued {
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     /// Each moved row (now `queued`, unpublished) with its lineage key and status before.
-    pub items: Vec<(ItemRow, String, ItemStatus)>,
+    pub items: Vec<(ItemRow, LineageKey, ItemStatus)>,
 }
 
 impl Requeued {
-    fn report(&self, published: &[String], errors: Vec<String>) -> RedriveReport {
+    fn report(&self, published: &[IdempotencyToken], errors: Vec<String>) -> RedriveReport {
         RedriveReport {
-            execution_id: self.execution_id.clone(),
+            execution_id: self.execution_id.to_string(),
             items: self
                 .items
                 .iter()
                 .map(|(item, _, old)| RedrivenItem {
-                    rec_index: item.rec_index,
-                    service: item.service.clone(),
+                    rec_index: item.rec_index.as_i32(),
+                    service: item.service.as_str().to_owned(),
                     old_status: *old,
                     token: item.masked_token(),
                     published: published.contains(&item.token),
@@ -101,7 +102,10 @@ impl Requeued {
 }
 
 /// Moves the execution's failed and dead items back to `queued` (CAS, attempts reset).
-pub async fn requeue_failed(store: &Store, execution_id: &str) -> Result<Requeued, RedriveError> {
+pub async fn requeue_failed(
+    store: &Store,
+    execution_id: &ExecutionId,
+) -> Result<Requeued, RedriveError> {
     requeue_with(store, execution_id, RedriveOptions::default()).await
 }
 
@@ -112,31 +116,31 @@ pub async fn requeue_failed(store: &Store, execution_id: &str) -> Result<Requeue
 #[tracing::instrument(skip_all, fields(execution.id = %execution_id, include_cancelled = options.include_cancelled))]
 pub async fn requeue_with(
     store: &Store,
-    execution_id: &str,
+    execution_id: &ExecutionId,
     options: RedriveOptions,
 ) -> Result<Requeued, RedriveError> {
     let execution = store
         .execution(execution_id)
         .await?
-        .ok_or_else(|| RedriveError::NotFound(execution_id.to_owned()))?;
+        .ok_or_else(|| RedriveError::NotFound(execution_id.to_string()))?;
     let mut statuses = REDRIVABLE.to_vec();
     if options.include_cancelled {
         statuses.push(ItemStatus::Cancelled);
     }
     if execution.status == ExecutionStatus::Cancelled {
         if !options.include_cancelled {
-            return Err(RedriveError::Cancelled(execution_id.to_owned()));
+            return Err(RedriveError::Cancelled(execution_id.to_string()));
         }
         match store.reopen_cancelled_execution(execution_id).await? {
             Cas::Applied(()) => info!("cancelled execution reopened for the re-drive"),
             // Another re-drive reopened it meanwhile: carry on.
             Cas::Conflict { .. } => {}
-            Cas::NotFound => return Err(RedriveError::NotFound(execution_id.to_owned())),
+            Cas::NotFound => return Err(RedriveError::NotFound(execution_id.to_string())),
         }
     }
     // Statuses before the move, for the report. Only a failed or dead row can move, and such a
     // row changes meanwhile only by another re-drive or by a late success (which the CAS skips).
-    let before: Vec<(i32, ItemStatus)> = store
+    let before: Vec<(RecIndex, ItemStatus)> = store
         .items_of(execution_id)
         .await?
         .iter()
@@ -152,12 +156,12 @@ pub async fn requeue_with(
                 .iter()
                 .find(|(i, _)| *i == item.rec_index)
                 .map_or(ItemStatus::Failed, |(_, s)| *s);
-            info!(item.rec_index = item.rec_index, token = %item.masked_token(), old_status = old.as_str(), "item requeued");
+            info!(item.rec_index = item.rec_index.get(), token = %item.masked_token(), old_status = old.as_str(), "item requeued");
             (item, lineage, old)
         })
         .collect();
     Ok(Requeued {
-        execution_id: execution_id.to_owned(),
+        execution_id: execution_id.clone(),
         items,
     })
 }
@@ -169,14 +173,14 @@ pub async fn publish_requeued(
     publisher: &Publisher,
     requeued: Requeued,
 ) -> Result<RedriveReport, RedriveError> {
-    let pending: Vec<(ItemRow, String)> = requeued
+    let pending: Vec<(ItemRow, LineageKey)> = requeued
         .items
         .iter()
         .map(|(item, lineage, _)| (item.clone(), lineage.clone()))
         .collect();
     let outcome = publish_items(store, publisher, &pending).await?;
     for f in &outcome.failed {
-        warn!(item.rec_index = f.rec_index, token = %f.token, error = %f.error, "message not published");
+        warn!(item.rec_index = f.rec_index.get(), token = %f.token, error = %f.error, "message not published");
     }
     let report = requeued.report(
         &outcome.published,
@@ -193,7 +197,7 @@ pub async fn publish_requeued(
 pub async fn redrive(
     store: &Store,
     publisher: &Publisher,
-    execution_id: &str,
+    execution_id: &ExecutionId,
 ) -> Result<RedriveReport, RedriveError> {
     redrive_with(store, publisher, execution_id, RedriveOptions::default()).await
 }
@@ -202,7 +206,7 @@ pub async fn redrive(
 pub async fn redrive_with(
     store: &Store,
     publisher: &Publisher,
-    execution_id: &str,
+    execution_id: &ExecutionId,
     options: RedriveOptions,
 ) -> Result<RedriveReport, RedriveError> {
     let requeued = requeue_with(store, execution_id, options).await?;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use buyonce_shared::store::{ExecutionRow, ItemRow, ItemStatus, Store, StoreResult};
+use buyonce_shared::ExecutionId;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -32,13 +33,13 @@ impl From<&ItemRow> for ItemView {
     fn from(i: &ItemRow) -> Self {
         let rec = &i.recommendation;
         Self {
-            rec_index: i.rec_index,
-            provider: i.provider.clone(),
-            service: i.service.clone(),
+            rec_index: i.rec_index.as_i32(),
+            provider: i.provider.as_str().to_owned(),
+            service: i.service.as_str().to_owned(),
             account: i.account.clone(),
             region: i.region.clone(),
-            resource_type: rec["resource_type"].as_str().map(str::to_owned),
-            count: rec["count"].as_u64(),
+            resource_type: rec.resource_type.clone(),
+            count: rec.count.map(u64::from),
             status: i.status,
             attempts: i.attempts,
             token: i.masked_token(),
@@ -71,7 +72,7 @@ pub struct StatusView {
 /// Reads an execution and its items; `None` when there is no such execution.
 pub async fn execution_view(
     store: &Store,
-    execution_id: &str,
+    execution_id: &ExecutionId,
 ) -> StoreResult<Option<ExecutionView>> {
     let Some(execution) = store.execution(execution_id).await? else {
         return Ok(None);

@@ -13,7 +13,7 @@ use buyonce_shared::document::DocumentError;
 use buyonce_shared::relay::{publish_items, PublishFailure};
 use buyonce_shared::store::executions::Submitted;
 use buyonce_shared::store::{Cas, ItemRow, ItemStatus, Store, StoreError};
-use buyonce_shared::ExecutionDocument;
+use buyonce_shared::{ExecutionDocument, ExecutionId, LineageKey};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -88,15 +88,15 @@ pub enum SubmitError {
 /// An execution recorded in Postgres, before publishing.
 #[derive(Debug)]
 pub struct Recorded {
-    pub execution_id: String,
-    pub lineage_key: String,
+    pub execution_id: ExecutionId,
+    pub lineage_key: LineageKey,
     pub outcome: Outcome,
     pub items: Vec<ItemRow>,
 }
 
 impl Recorded {
     /// Items whose message is not in the queue: `queued` and never published.
-    fn pending(&self) -> Vec<(ItemRow, String)> {
+    fn pending(&self) -> Vec<(ItemRow, LineageKey)> {
         self.items
             .iter()
             .filter(|i| i.status == ItemStatus::Queued && i.published_at.is_none())
@@ -109,7 +109,7 @@ impl Recorded {
         let pending = self.pending().len();
         let items = self.items.iter().map(|i| summary(i, false)).collect();
         SubmitError::Publish(Box::new(SubmitReport {
-            execution_id: self.execution_id,
+            execution_id: self.execution_id.to_string(),
             outcome: self.outcome,
             items,
             published: 0,
@@ -121,9 +121,9 @@ impl Recorded {
 
 fn summary(item: &ItemRow, published_now: bool) -> ItemSummary {
     ItemSummary {
-        rec_index: item.rec_index,
-        provider: item.provider.clone(),
-        service: item.service.clone(),
+        rec_index: item.rec_index.as_i32(),
+        provider: item.provider.as_str().to_owned(),
+        service: item.service.as_str().to_owned(),
         status: item.status,
         token: item.masked_token(),
         published: published_now || item.published_at.is_some(),
@@ -153,8 +153,8 @@ pub async fn record(store: &Store, doc: &ExecutionDocument) -> Result<Recorded, 
     };
     info!(outcome = ?outcome, items = items.len(), "execution recorded");
     Ok(Recorded {
-        execution_id: doc.execution_id.to_string(),
-        lineage_key: doc.lineage_key().to_string(),
+        execution_id: doc.execution_id.clone(),
+        lineage_key: doc.lineage_key(),
         outcome,
         items,
     })
@@ -172,7 +172,7 @@ pub async fn publish(
     let pending = recorded.pending();
     let outcome = publish_items(store, publisher, &pending).await?;
     for f in &outcome.failed {
-        warn!(item.rec_index = f.rec_index, token = %f.token, error = %f.error, "message not published");
+        warn!(item.rec_index = f.rec_index.get(), token = %f.token, error = %f.error, "message not published");
     }
     let items: Vec<ItemSummary> = recorded
         .items
@@ -180,7 +180,7 @@ pub async fn publish(
         .map(|i| summary(i, outcome.published.contains(&i.token)))
         .collect();
     let report = SubmitReport {
-        execution_id: recorded.execution_id,
+        execution_id: recorded.execution_id.to_string(),
         outcome: recorded.outcome,
         published: outcome.published.len(),
         unpublished: outcome.failed.len(),
@@ -190,7 +190,7 @@ pub async fn publish(
     if !outcome.failed.is_empty() {
         return Err(SubmitError::Publish(Box::new(report)));
     }
-    match store.mark_execution_running(&report.execution_id).await? {
+    match store.mark_execution_running(&recorded.execution_id).await? {
         Cas::Applied(()) => debug!("execution approved → running"),
         // Already running (an earlier submission), or its items already ended.
         other => debug!(cas = %other, "execution not moved to running"),

@@ -11,7 +11,7 @@ use buyonce_producer::redrive::{self, RedriveError, RedriveOptions};
 use buyonce_producer::submit;
 use buyonce_shared::store::items::Claim;
 use buyonce_shared::store::{ExecutionStatus, ItemStatus};
-use buyonce_shared::{DeadLetterReason, IdempotencyToken};
+use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken};
 use common::{document, Harness};
 
 const STALE: Duration = Duration::from_secs(600);
@@ -30,9 +30,13 @@ async fn cancel_cancels_queued_items_and_names_the_running_ones() {
     )
     .await;
 
-    let report = cancel::cancel(h.store(), "exec-cx", "alice@ops")
-        .await
-        .unwrap();
+    let report = cancel::cancel(
+        h.store(),
+        &ExecutionId::parse("exec-cx").unwrap(),
+        "alice@ops",
+    )
+    .await
+    .unwrap();
 
     let cancelled: Vec<i32> = report.cancelled.iter().map(|i| i.rec_index).collect();
     assert_eq!(cancelled, vec![0, 1, 3]);
@@ -43,7 +47,11 @@ async fn cancel_cancels_queued_items_and_names_the_running_ones() {
         report.still_running[0].token,
         IdempotencyToken::derive("exec-cx", 2).mask()
     );
-    let items = h.store().items_of("exec-cx").await.unwrap();
+    let items = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-cx").unwrap())
+        .await
+        .unwrap();
     let statuses: Vec<ItemStatus> = items.iter().map(|i| i.status).collect();
     assert_eq!(
         statuses,
@@ -54,7 +62,12 @@ async fn cancel_cancels_queued_items_and_names_the_running_ones() {
             ItemStatus::Cancelled
         ]
     );
-    let execution = h.store().execution("exec-cx").await.unwrap().unwrap();
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-cx").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Cancelled);
     assert_eq!(execution.error.as_deref(), Some("cancelled by alice@ops"));
 
@@ -63,16 +76,24 @@ async fn cancel_cancels_queued_items_and_names_the_running_ones() {
     assert_eq!(claim, Claim::Cancelled);
 
     // Cancelling again changes nothing and says so.
-    let again = cancel::cancel(h.store(), "exec-cx", "alice@ops")
-        .await
-        .unwrap();
+    let again = cancel::cancel(
+        h.store(),
+        &ExecutionId::parse("exec-cx").unwrap(),
+        "alice@ops",
+    )
+    .await
+    .unwrap();
     assert!(again.already_cancelled);
     assert!(again.cancelled.is_empty());
     assert_eq!(again.still_running.len(), 1);
 
-    let missing = cancel::cancel(h.store(), "exec-none", "alice@ops")
-        .await
-        .unwrap_err();
+    let missing = cancel::cancel(
+        h.store(),
+        &ExecutionId::parse("exec-none").unwrap(),
+        "alice@ops",
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(missing, CancelError::NotFound(_)), "{missing:?}");
     h.cleanup().await;
 }
@@ -90,9 +111,13 @@ async fn an_execution_that_already_ended_cannot_be_cancelled() {
     )
     .await;
 
-    let err = cancel::cancel(h.store(), "exec-done", "bob@ops")
-        .await
-        .unwrap_err();
+    let err = cancel::cancel(
+        h.store(),
+        &ExecutionId::parse("exec-done").unwrap(),
+        "bob@ops",
+    )
+    .await
+    .unwrap_err();
 
     assert!(
         matches!(
@@ -105,7 +130,11 @@ async fn an_execution_that_already_ended_cannot_be_cancelled() {
         "{err:?}"
     );
     assert!(err.to_string().contains("already ended (completed)"));
-    let items = h.store().items_of("exec-done").await.unwrap();
+    let items = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-done").unwrap())
+        .await
+        .unwrap();
     assert_eq!(items[0].status, ItemStatus::Succeeded);
     h.cleanup().await;
 }
@@ -122,11 +151,17 @@ async fn redrive_refuses_a_cancelled_execution_unless_cancelled_items_are_includ
           WHERE rec_index = 0",
     )
     .await;
-    cancel::cancel(h.store(), "exec-rc", "ops").await.unwrap();
-
-    let err = redrive::redrive(h.store(), &h.broker.publisher, "exec-rc")
+    cancel::cancel(h.store(), &ExecutionId::parse("exec-rc").unwrap(), "ops")
         .await
-        .unwrap_err();
+        .unwrap();
+
+    let err = redrive::redrive(
+        h.store(),
+        &h.broker.publisher,
+        &ExecutionId::parse("exec-rc").unwrap(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RedriveError::Cancelled(_)), "{err:?}");
     assert!(err.to_string().contains("--include-cancelled"), "{err}");
     assert!(h.drain().await.is_empty());
@@ -134,7 +169,7 @@ async fn redrive_refuses_a_cancelled_execution_unless_cancelled_items_are_includ
     let report = redrive::redrive_with(
         h.store(),
         &h.broker.publisher,
-        "exec-rc",
+        &ExecutionId::parse("exec-rc").unwrap(),
         RedriveOptions {
             include_cancelled: true,
         },
@@ -165,11 +200,16 @@ async fn redrive_refuses_a_cancelled_execution_unless_cancelled_items_are_includ
             .collect::<Vec<_>>(),
         "the same tokens as before the cancel"
     );
-    let execution = h.store().execution("exec-rc").await.unwrap().unwrap();
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-rc").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Running);
     assert!(h
         .store()
-        .items_of("exec-rc")
+        .items_of(&ExecutionId::parse("exec-rc").unwrap())
         .await
         .unwrap()
         .iter()

@@ -13,7 +13,7 @@ use buyonce_shared::amqp::{headers, Publisher, Topology};
 use buyonce_shared::store::dead_letters::{DeadLetterFilter, DeadLetterOrigin};
 use buyonce_shared::store::{ExecutionStatus, ItemStatus};
 use buyonce_shared::testing::unique_name;
-use buyonce_shared::{DeadLetterReason, IdempotencyToken};
+use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken, RecIndex};
 use common::{document, Harness};
 use lapin::options::{
     BasicGetOptions, BasicNackOptions, ExchangeDeleteOptions, QueueDeleteOptions,
@@ -40,7 +40,10 @@ async fn list_all(h: &Harness) -> Vec<dlq::DeadLetterView> {
 
 async fn item_status(h: &Harness, execution_id: &str, rec_index: i32) -> ItemStatus {
     h.store()
-        .item_with_lineage(execution_id, rec_index)
+        .item_with_lineage(
+            &ExecutionId::parse(execution_id).unwrap(),
+            RecIndex::new(rec_index as u32).unwrap(),
+        )
         .await
         .unwrap()
         .unwrap()
@@ -261,7 +264,10 @@ async fn replay_of_a_dead_item_republishes_the_same_token_and_requeues_it() {
     );
     let (item, _) = h
         .store()
-        .item_with_lineage("exec-rp", 1)
+        .item_with_lineage(
+            &ExecutionId::parse("exec-rp").unwrap(),
+            RecIndex::new(1).unwrap(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -518,12 +524,20 @@ async fn a_message_the_broker_kills_at_the_delivery_limit_is_archived_and_its_it
         .contains("x-delivery-limit"));
     let (item, _) = h
         .store()
-        .item_with_lineage("exec-dlim", 0)
+        .item_with_lineage(
+            &ExecutionId::parse("exec-dlim").unwrap(),
+            RecIndex::new(0).unwrap(),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(item.status, ItemStatus::Dead, "the item no longer waits");
-    let execution = h.store().execution("exec-dlim").await.unwrap().unwrap();
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-dlim").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Failed);
 
     // Replay puts it back to work with the same token.

@@ -5,7 +5,7 @@ mod common;
 use buyonce_producer::redrive::{self, RedriveError};
 use buyonce_producer::submit;
 use buyonce_shared::store::ItemStatus;
-use buyonce_shared::IdempotencyToken;
+use buyonce_shared::{ExecutionId, IdempotencyToken};
 use common::{document, Harness};
 
 #[tokio::test]
@@ -15,7 +15,11 @@ async fn redrive_republishes_only_failed_and_dead_items_with_unchanged_tokens() 
         .await
         .unwrap();
     h.drain().await;
-    let before = h.store().items_of("exec-rd").await.unwrap();
+    let before = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-rd").unwrap())
+        .await
+        .unwrap();
     // Simulate what the fleet did: 0 bought, 1 failed for good, 2 dead after retries, 3 running.
     h.sql(
         "UPDATE purchase_items SET status = 'succeeded', commitment_id = 'ri-0', attempts = 1 WHERE rec_index = 0;
@@ -25,9 +29,13 @@ async fn redrive_republishes_only_failed_and_dead_items_with_unchanged_tokens() 
     )
     .await;
 
-    let report = redrive::redrive(h.store(), &h.broker.publisher, "exec-rd")
-        .await
-        .unwrap();
+    let report = redrive::redrive(
+        h.store(),
+        &h.broker.publisher,
+        &ExecutionId::parse("exec-rd").unwrap(),
+    )
+    .await
+    .unwrap();
 
     let moved: Vec<(i32, ItemStatus)> = report
         .items
@@ -54,7 +62,11 @@ async fn redrive_republishes_only_failed_and_dead_items_with_unchanged_tokens() 
         "the same token as the first submission"
     );
 
-    let after = h.store().items_of("exec-rd").await.unwrap();
+    let after = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-rd").unwrap())
+        .await
+        .unwrap();
     assert_eq!(after[0].status, ItemStatus::Succeeded);
     assert_eq!(after[0].commitment_id.as_deref(), Some("ri-0"));
     assert_eq!(after[3].status, ItemStatus::Running);
@@ -66,9 +78,13 @@ async fn redrive_republishes_only_failed_and_dead_items_with_unchanged_tokens() 
     }
 
     // Nothing left to re-drive: a second run moves and publishes nothing.
-    let again = redrive::redrive(h.store(), &h.broker.publisher, "exec-rd")
-        .await
-        .unwrap();
+    let again = redrive::redrive(
+        h.store(),
+        &h.broker.publisher,
+        &ExecutionId::parse("exec-rd").unwrap(),
+    )
+    .await
+    .unwrap();
     assert!(again.items.is_empty());
     assert!(h.drain().await.is_empty());
     h.cleanup().await;
@@ -77,9 +93,13 @@ async fn redrive_republishes_only_failed_and_dead_items_with_unchanged_tokens() 
 #[tokio::test]
 async fn redrive_of_an_unknown_or_cancelled_execution_is_refused() {
     let h = Harness::new().await;
-    let err = redrive::redrive(h.store(), &h.broker.publisher, "exec-none")
-        .await
-        .unwrap_err();
+    let err = redrive::redrive(
+        h.store(),
+        &h.broker.publisher,
+        &ExecutionId::parse("exec-none").unwrap(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RedriveError::NotFound(_)), "{err:?}");
 
     submit::submit(h.store(), &h.broker.publisher, &document("exec-cx", 1))
@@ -91,11 +111,19 @@ async fn redrive_of_an_unknown_or_cancelled_execution_is_refused() {
          UPDATE purchase_items SET status = 'failed';",
     )
     .await;
-    let err = redrive::redrive(h.store(), &h.broker.publisher, "exec-cx")
-        .await
-        .unwrap_err();
+    let err = redrive::redrive(
+        h.store(),
+        &h.broker.publisher,
+        &ExecutionId::parse("exec-cx").unwrap(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, RedriveError::Cancelled(_)), "{err:?}");
-    let items = h.store().items_of("exec-cx").await.unwrap();
+    let items = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-cx").unwrap())
+        .await
+        .unwrap();
     assert_eq!(items[0].status, ItemStatus::Failed);
     assert!(h.drain().await.is_empty());
     h.cleanup().await;

@@ -9,7 +9,7 @@ use buyonce_producer::submit::{self, Outcome, SubmitError};
 use buyonce_shared::amqp::{Publisher, Topology};
 use buyonce_shared::relay::relay_unpublished;
 use buyonce_shared::store::{ExecutionStatus, ItemStatus};
-use buyonce_shared::{ExecutionDocument, IdempotencyToken};
+use buyonce_shared::{ExecutionDocument, ExecutionId, IdempotencyToken};
 use common::{document, document_json, Harness};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
@@ -63,14 +63,23 @@ async fn enqueue_records_n_items_and_publishes_n_messages_with_their_tokens() {
 
     assert_eq!(report.outcome, Outcome::Created);
     assert_eq!((report.published, report.unpublished), (3, 0));
-    let items = h.store().items_of("exec-n").await.unwrap();
+    let items = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-n").unwrap())
+        .await
+        .unwrap();
     assert_eq!(items.len(), 3);
     for (i, item) in items.iter().enumerate() {
         assert_eq!(item.status, ItemStatus::Queued);
         assert!(item.published_at.is_some(), "item {i} marked published");
-        assert_eq!(item.token, token("exec-n", i as u32));
+        assert_eq!(item.token.as_str(), token("exec-n", i as u32));
     }
-    let execution = h.store().execution("exec-n").await.unwrap().unwrap();
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-n").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Running);
 
     let mut messages = h.drain().await;
@@ -183,8 +192,13 @@ async fn a_conflicting_resubmission_is_refused_and_names_what_differs() {
     // Nothing written, nothing published, the lineage key untouched.
     assert_eq!(h.count("purchase_items").await, 2);
     assert!(h.drain().await.is_empty());
-    let execution = h.store().execution("exec-c").await.unwrap().unwrap();
-    assert_eq!(execution.idempotency_key, "exec-c");
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-c").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(execution.idempotency_key.as_str(), "exec-c");
     h.cleanup().await;
 }
 
@@ -206,11 +220,20 @@ async fn a_publish_failure_after_commit_leaves_items_queued_and_the_relay_publis
         ),
         "{err}"
     );
-    let items = h.store().items_of("exec-relay").await.unwrap();
+    let items = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-relay").unwrap())
+        .await
+        .unwrap();
     assert!(items
         .iter()
         .all(|i| i.status == ItemStatus::Queued && i.published_at.is_none()));
-    let execution = h.store().execution("exec-relay").await.unwrap().unwrap();
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-relay").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Approved);
     assert!(h.drain().await.is_empty());
 
@@ -244,9 +267,18 @@ async fn a_publish_failure_after_commit_leaves_items_queued_and_the_relay_publis
         tokens,
         (0..3).map(|i| token("exec-relay", i)).collect::<Vec<_>>()
     );
-    let items = h.store().items_of("exec-relay").await.unwrap();
+    let items = h
+        .store()
+        .items_of(&ExecutionId::parse("exec-relay").unwrap())
+        .await
+        .unwrap();
     assert!(items.iter().all(|i| i.published_at.is_some()));
-    let execution = h.store().execution("exec-relay").await.unwrap().unwrap();
+    let execution = h
+        .store()
+        .execution(&ExecutionId::parse("exec-relay").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Running);
     let again = relay_unpublished(h.store(), &h.broker.publisher, Duration::ZERO, 10)
         .await

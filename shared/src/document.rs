@@ -122,6 +122,12 @@ impl Provider {
             Provider::Azure => "azure",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Provider> {
+        [Provider::Aws, Provider::Azure]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
 }
 
 impl fmt::Display for Provider {

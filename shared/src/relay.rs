@@ -12,7 +12,9 @@ use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::amqp::Publisher;
+use crate::ids::{ExecutionId, LineageKey, RecIndex};
 use crate::store::{Cas, ItemRow, Store, StoreResult};
+use crate::token::IdempotencyToken;
 
 /// Most batches one relay pass publishes before returning, so one pass stays bounded even with
 /// a large backlog (the next pass continues).
@@ -21,8 +23,8 @@ const MAX_BATCHES_PER_PASS: usize = 50;
 /// One item whose message was not published.
 #[derive(Debug, Clone)]
 pub struct PublishFailure {
-    pub execution_id: String,
-    pub rec_index: i32,
+    pub execution_id: ExecutionId,
+    pub rec_index: RecIndex,
     /// Masked token (log-safe).
     pub token: String,
     pub error: String,
@@ -33,7 +35,7 @@ pub struct PublishFailure {
 pub struct PublishOutcome {
     /// Tokens of the items whose messages the broker confirmed (and that are now marked
     /// published).
-    pub published: Vec<String>,
+    pub published: Vec<IdempotencyToken>,
     pub failed: Vec<PublishFailure>,
 }
 
@@ -47,7 +49,7 @@ pub struct PublishOutcome {
 pub async fn publish_items(
     store: &Store,
     publisher: &Publisher,
-    items: &[(ItemRow, String)],
+    items: &[(ItemRow, LineageKey)],
 ) -> StoreResult<PublishOutcome> {
     let mut outcome = PublishOutcome::default();
     let mut sendable = Vec::with_capacity(items.len());
@@ -125,13 +127,13 @@ pub async fn relay_unpublished(
         report.published += outcome.published.len();
         report.failed += outcome.failed.len();
         for f in &outcome.failed {
-            warn!(execution.id = %f.execution_id, item.rec_index = f.rec_index, token = %f.token,
+            warn!(execution.id = %f.execution_id, item.rec_index = f.rec_index.get(), token = %f.token,
                   error = %f.error, "relay could not publish item; will retry next pass");
         }
-        let executions: BTreeSet<&str> = items
+        let executions: BTreeSet<&ExecutionId> = items
             .iter()
             .filter(|(item, _)| outcome.published.contains(&item.token))
-            .map(|(item, _)| item.execution_id.as_str())
+            .map(|(item, _)| &item.execution_id)
             .collect();
         for execution_id in executions {
             let cas = store

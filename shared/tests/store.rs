@@ -34,7 +34,7 @@ fn messages(
 ) -> Vec<PurchaseMessage> {
     items
         .iter()
-        .map(|i| i.to_message(doc.lineage_key().as_str()).unwrap())
+        .map(|i| i.to_message(&doc.lineage_key()).unwrap())
         .collect()
 }
 
@@ -82,7 +82,7 @@ async fn submitting_records_items_with_derived_tokens_and_is_idempotent() {
         db.store.submit_execution(&different).await.unwrap(),
         Submitted::Conflict { .. }
     ));
-    assert_eq!(db.store.items_of("exec-1").await.unwrap().len(), 3);
+    assert_eq!(db.store.items_of(&doc.execution_id).await.unwrap().len(), 3);
     db.cleanup().await.unwrap();
 }
 
@@ -113,7 +113,7 @@ async fn claim_then_record_then_claim_again_is_already_succeeded() {
             .record_success(&msg.token, &recorded)
             .await
             .unwrap(),
-        Cas::Applied("exec-claim".to_string())
+        Cas::Applied(doc.execution_id.clone())
     );
     // Recording twice is a no-op reported as a conflict (already succeeded).
     assert_eq!(
@@ -133,7 +133,7 @@ async fn claim_then_record_then_claim_again_is_already_succeeded() {
     );
     assert_eq!(
         db.store
-            .commitments(Some("exec-claim"))
+            .commitments(Some(&doc.execution_id))
             .await
             .unwrap()
             .len(),
@@ -141,7 +141,7 @@ async fn claim_then_record_then_claim_again_is_already_succeeded() {
     );
     assert_eq!(
         db.store
-            .finish_execution_if_done("exec-claim")
+            .finish_execution_if_done(&doc.execution_id)
             .await
             .unwrap(),
         Some(buyonce_shared::store::ExecutionStatus::Completed)
@@ -322,17 +322,13 @@ async fn a_purchase_that_may_have_gone_through_is_remembered_until_a_retry_claim
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let reaped = db
         .store
-        .reap_batch(
-            &[msgs[2].token.as_str().to_owned()],
-            Duration::from_secs(1),
-            "reaped",
-        )
+        .reap_batch(&[msgs[2].token.clone()], Duration::from_secs(1), "reaped")
         .await
         .unwrap();
     assert_eq!(reaped.len(), 1);
     let item = db
         .store
-        .item_by_token(msgs[2].token.as_str())
+        .item_by_token(&msgs[2].token)
         .await
         .unwrap()
         .unwrap();
@@ -374,6 +370,69 @@ async fn identical_resubmissions_with_numbers_jsonb_rewrites_are_identical() {
             ),
             "{cap:e}"
         );
+    }
+    db.cleanup().await.unwrap();
+}
+
+/// `ItemRow` holds the parsed recommendation but prints it as the column stores it (sorted
+/// keys, the same numbers), so the JSON callers see is what it was when the row held `jsonb`.
+#[tokio::test]
+async fn an_item_row_prints_its_recommendation_as_stored() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = serde_json::json!({
+        "execution_id": "exec-print", "approved_by": "finops@example.com", "source": "test",
+        "recommendations": [
+            {"provider": "aws", "service": "ec2", "account": "123456789012",
+             "region": "us-east-1", "resource_type": "m5.large", "count": 2, "term": "1y",
+             "payment": "all-upfront", "platform": "Linux/UNIX", "offering_class": "standard",
+             "max_upfront_usd": 1500.0},
+            {"provider": "aws", "service": "savings-plans", "account": "123456789012",
+             "plan_type": "compute", "term": "3y", "payment": "no-upfront",
+             "commitment_usd_per_hour": 0.1, "max_upfront_usd": 0.000015}
+        ]
+    });
+    let doc = ExecutionDocument::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    submitted(&db, &doc).await;
+    let client = db.store.pool().get().await.unwrap();
+    for item in db.store.items_of(&doc.execution_id).await.unwrap() {
+        let stored: serde_json::Value = client
+            .query_one(
+                "SELECT recommendation FROM purchase_items WHERE token = $1",
+                &[&item.token.as_str()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let printed = serde_json::to_string(&item).unwrap();
+        let expected = format!(
+            "\"recommendation\":{},",
+            serde_json::to_string(&stored).unwrap()
+        );
+        assert!(printed.contains(&expected), "{printed}\nlacks {expected}");
+    }
+    db.cleanup().await.unwrap();
+}
+
+/// A stored value that does not parse is an error naming the column, not a panic.
+#[tokio::test]
+async fn a_row_that_does_not_parse_is_invalid_naming_the_column() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-bad-row", 1);
+    submitted(&db, &doc).await;
+    let client = db.store.pool().get().await.unwrap();
+    client
+        .execute(
+            "UPDATE purchase_items SET recommendation = '{\"service\": \"ec2\"}'",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    match db.store.items_of(&doc.execution_id).await {
+        Err(buyonce_shared::store::StoreError::Invalid(e)) => {
+            assert!(e.starts_with("stored recommendation is invalid"), "{e}")
+        }
+        other => panic!("expected Invalid, got {other:?}"),
     }
     db.cleanup().await.unwrap();
 }

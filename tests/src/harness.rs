@@ -134,7 +134,7 @@ impl World {
         match self.store().submit_execution(doc).await.expect("submit") {
             Submitted::Created(items) | Submitted::Identical(items) => items
                 .iter()
-                .map(|i| i.to_message(doc.lineage_key().as_str()).expect("message"))
+                .map(|i| i.to_message(&doc.lineage_key()).expect("message"))
                 .collect(),
             Submitted::Conflict { .. } => panic!("conflicting execution"),
         }
@@ -146,7 +146,8 @@ impl World {
         for r in self.publisher().publish_purchases(&msgs).await {
             r.expect("publish");
         }
-        let tokens: Vec<String> = msgs.iter().map(|m| m.token.as_str().to_owned()).collect();
+        let tokens: Vec<buyonce_shared::IdempotencyToken> =
+            msgs.iter().map(|m| m.token.clone()).collect();
         self.store()
             .mark_published(&tokens)
             .await
@@ -163,7 +164,7 @@ impl World {
 
     pub async fn item(&self, msg: &PurchaseMessage) -> ItemRow {
         self.store()
-            .item_by_token(msg.token.as_str())
+            .item_by_token(&msg.token)
             .await
             .expect("item query")
             .expect("item exists")

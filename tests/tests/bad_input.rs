@@ -55,7 +55,7 @@ async fn every_bad_message_is_dead_lettered_with_its_reason_and_the_worker_keeps
         .submit(&execution("exec-cancel", vec![recommendation("ec2")]))
         .await
         .remove(0);
-    buyonce_producer::cancel::cancel(world.store(), "exec-cancel", "test")
+    buyonce_producer::cancel::cancel(world.store(), &cancelled.execution_id, "test")
         .await
         .unwrap();
 
@@ -306,7 +306,7 @@ async fn the_http_api_answers_bad_bodies_with_4xx_naming_the_field_never_5xx() {
     // Nothing was recorded by any of them.
     assert!(world
         .store()
-        .execution("exec-http")
+        .execution(&buyonce_shared::ExecutionId::parse("exec-http").unwrap())
         .await
         .unwrap()
         .is_none());

@@ -90,7 +90,11 @@ async fn pause_stops_new_purchases_on_every_worker_and_resume_drains_the_backlog
         Duration::from_secs(120),
         "the backlog bought after resume",
         || async {
-            let items = world.store().items_of("exec-brake").await.unwrap();
+            let items = world
+                .store()
+                .items_of(&buyonce_shared::ExecutionId::parse("exec-brake").unwrap())
+                .await
+                .unwrap();
             items
                 .iter()
                 .all(|i| i.status.as_str() == "succeeded")
@@ -107,7 +111,11 @@ async fn pause_stops_new_purchases_on_every_worker_and_resume_drains_the_backlog
     handles.sort_unstable();
     handles.dedup();
     assert_eq!(handles.len(), n, "one commitment per token");
-    let items = world.store().items_of("exec-brake").await.unwrap();
+    let items = world
+        .store()
+        .items_of(&buyonce_shared::ExecutionId::parse("exec-brake").unwrap())
+        .await
+        .unwrap();
     assert!(
         items.iter().all(|i| i.attempts == 1),
         "waiting while paused counted no attempt"
@@ -135,9 +143,13 @@ async fn cancelling_an_execution_with_queued_items_means_zero_purchases_for_them
         .map(|s| recommendation(s))
         .collect();
     world.enqueue(&execution("exec-cancel-me", recs)).await;
-    let report = buyonce_producer::cancel::cancel(world.store(), "exec-cancel-me", "test")
-        .await
-        .unwrap();
+    let report = buyonce_producer::cancel::cancel(
+        world.store(),
+        &buyonce_shared::ExecutionId::parse("exec-cancel-me").unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
     assert_eq!(report.cancelled.len(), 5, "{report:?}");
     world.store().set_paused(false, None, "test").await.unwrap();
     // The messages come back from the pause wait queue and are acked without a purchase.
@@ -160,7 +172,11 @@ async fn cancelling_an_execution_with_queued_items_means_zero_purchases_for_them
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(world.fc.ledger().is_empty(), "a cancelled item was bought");
-    let items = world.store().items_of("exec-cancel-me").await.unwrap();
+    let items = world
+        .store()
+        .items_of(&buyonce_shared::ExecutionId::parse("exec-cancel-me").unwrap())
+        .await
+        .unwrap();
     assert!(items.iter().all(|i| i.status.as_str() == "cancelled"));
     shutdown.cancel();
     worker.handle.await.unwrap().unwrap();

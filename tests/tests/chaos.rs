@@ -213,7 +213,8 @@ async fn a_fleet_in_a_storm_buys_every_recommendation_at_most_once_and_accounts_
         .enumerate()
         .map(|(n, chunk)| execution(&format!("chaos-{seed}-{n:03}"), chunk.to_vec()))
         .collect();
-    let execution_ids: Vec<String> = docs.iter().map(|d| d.execution_id.to_string()).collect();
+    let execution_ids: Vec<buyonce_shared::ExecutionId> =
+        docs.iter().map(|d| d.execution_id.clone()).collect();
     let mut enqueue = tokio::spawn(enqueue_twice(
         world.store().clone(),
         world.broker.config.clone(),
@@ -568,10 +569,10 @@ async fn submit_twice(
         .map_err(|e| anyhow::anyhow!("{}: {e}", doc.execution_id))?;
     let lineage = doc.lineage_key();
     let messages = store
-        .items_of(doc.execution_id.as_str())
+        .items_of(&doc.execution_id)
         .await?
         .iter()
-        .map(|i| i.to_message(lineage.as_str()))
+        .map(|i| i.to_message(&lineage))
         .collect::<Result<Vec<_>, _>>()?;
     for r in publisher.publish_purchases(&messages).await {
         r.map_err(|e| anyhow::anyhow!("duplicate publish: {e}"))?;
@@ -977,7 +978,7 @@ fn describe_item(i: &ItemRow) -> String {
         i.commitment_id,
         i.tag_pending,
         i.error,
-        &i.token[..16]
+        &i.token.as_str()[..16]
     )
 }
 
@@ -1016,7 +1017,8 @@ fn audit(
     });
     let ended_ids: BTreeSet<&str> = ended.iter().map(|e| e.commitment_id.as_str()).collect();
     audit.not_bought = ended.len();
-    let by_key: HashMap<&str, &ItemRow> = items.iter().map(|i| (&i.token[..40], i)).collect();
+    let by_key: HashMap<&str, &ItemRow> =
+        items.iter().map(|i| (&i.token.as_str()[..40], i)).collect();
     let by_commitment: HashMap<&str, &ItemRow> = items
         .iter()
         .filter(|i| i.status == ItemStatus::Succeeded)
@@ -1058,15 +1060,15 @@ fn audit(
                 let same_offering: Vec<String> = items
                     .iter()
                     .filter(|i| {
-                        i.service == e.service
+                        i.service.as_str() == e.service
                             && i.account == e.account
                             && i.region.as_deref() == Some(e.region.as_str())
-                            && i.recommendation["resource_type"] == e.resource_type.as_str()
-                            && i.recommendation["count"] == e.count
-                            && i.recommendation["term"] == e.term.as_str()
+                            && i.recommendation.resource_type.as_deref() == Some(e.resource_type.as_str())
+                            && i.recommendation.count == Some(e.count)
+                            && i.recommendation.term.as_str() == e.term
                             // `All Upfront` in the ledger, `all-upfront` in the recommendation.
-                            && i.recommendation["payment"]
-                                == e.payment_option.to_lowercase().replace(' ', "-").as_str()
+                            && i.recommendation.payment.as_str()
+                                == e.payment_option.to_lowercase().replace(' ', "-")
                     })
                     .map(describe_item)
                     .collect();
@@ -1119,7 +1121,7 @@ fn audit(
                     ));
                 }
                 for e in &entries {
-                    if e.service != item.service || e.account != item.account {
+                    if e.service != item.service.as_str() || e.account != item.account {
                         audit.violations.push(format!(
                             "WRONG PLACE: {} recorded as {}",
                             describe_item(item),
@@ -1127,12 +1129,12 @@ fn audit(
                         ));
                     }
                 }
-                if item.service == "ec2" {
+                if item.service.as_str() == "ec2" {
                     let tag = entries
                         .iter()
                         .find(|e| e.commitment_id == cid)
                         .and_then(|e| e.tags.get(tag_key));
-                    if item.tag_pending || tag != Some(&item.token) {
+                    if item.tag_pending || tag.map(String::as_str) != Some(item.token.as_str()) {
                         audit.violations.push(format!(
                             "UNTAGGED after the final sweep: {} ({})",
                             describe_item(item),
@@ -1222,7 +1224,10 @@ fn keep_server_logs(logs: &Path, pg: &PgCluster, rabbit: &RabbitNode) {
 }
 
 /// The items still queued or running, for a failure message.
-async fn describe_live_items(store: &Store, execution_ids: &[String]) -> String {
+async fn describe_live_items(
+    store: &Store,
+    execution_ids: &[buyonce_shared::ExecutionId],
+) -> String {
     let mut out = Vec::new();
     for id in execution_ids {
         match store.items_of(id).await {

@@ -194,7 +194,7 @@ async fn no_password_api_token_azure_secret_or_whole_token_reaches_any_log_line(
     assert_eq!(refused.status(), 401);
 
     for doc in [&by_cli, &by_api] {
-        let id = doc.execution_id.as_str().to_owned();
+        let id = doc.execution_id.clone();
         let n = doc.recommendations.len();
         wait_for(Duration::from_secs(90), &format!("{id} bought"), || {
             let id = id.clone();

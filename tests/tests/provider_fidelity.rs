@@ -372,13 +372,7 @@ async fn f11_azure_an_order_that_ended_failed_is_not_recovered_and_a_redrive_buy
     // The operator re-drives: the stored order is dead, so a new quote buys.
     let moved = world
         .store()
-        .requeue(
-            msg.execution_id.as_str(),
-            &[ItemStatus::Failed],
-            None,
-            true,
-            None,
-        )
+        .requeue(&msg.execution_id, &[ItemStatus::Failed], None, true, None)
         .await
         .unwrap();
     assert_eq!(moved.len(), 1);

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 async fn succeeded(world: &World, execution_id: &str) -> usize {
     world
         .store()
-        .items_of(execution_id)
+        .items_of(&buyonce_shared::ExecutionId::parse(execution_id).unwrap())
         .await
         .unwrap()
         .iter()
@@ -61,7 +61,13 @@ async fn every_service_is_bought_exactly_once_though_every_message_is_published_
         SERVICES.len(),
         "exactly one commitment per recommendation"
     );
-    let commitments = world.store().commitments(Some("exec-fleet")).await.unwrap();
+    let commitments = world
+        .store()
+        .commitments(Some(
+            &buyonce_shared::ExecutionId::parse("exec-fleet").unwrap(),
+        ))
+        .await
+        .unwrap();
     assert_eq!(commitments.len(), SERVICES.len());
     for c in &commitments {
         assert_eq!(
@@ -77,7 +83,7 @@ async fn every_service_is_bought_exactly_once_though_every_message_is_published_
     }
     let execution = world
         .store()
-        .execution("exec-fleet")
+        .execution(&buyonce_shared::ExecutionId::parse("exec-fleet").unwrap())
         .await
         .unwrap()
         .unwrap();

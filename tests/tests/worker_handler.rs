@@ -375,7 +375,11 @@ async fn fifty_racing_purchases_against_a_budget_for_ten_buy_exactly_ten() {
     let spend = world.store().spend_today().await.unwrap();
     assert!(spend.reserved_usd <= budget);
     // The waiting items are queued with a reason a person can read, and no attempt counted.
-    let items = world.store().items_of("exec-budget").await.unwrap();
+    let items = world
+        .store()
+        .items_of(&buyonce_shared::ExecutionId::parse("exec-budget").unwrap())
+        .await
+        .unwrap();
     let queued: Vec<_> = items
         .iter()
         .filter(|i| i.status.as_str() == "queued")

@@ -6,7 +6,7 @@ use std::time::Duration;
 use buyonce_shared::store::executions::Submitted;
 use buyonce_shared::store::Store;
 use buyonce_shared::testing::{TestBroker, TestDb};
-use buyonce_shared::ExecutionDocument;
+use buyonce_shared::{ExecutionDocument, IdempotencyToken};
 use buyonce_worker::reaper::{reap_reason, Reaper, ReaperConfig, SweepReport};
 
 const REAP_AFTER: Duration = Duration::from_secs(600);
@@ -37,7 +37,7 @@ async fn reaper(store: &Store) -> Reaper {
 }
 
 /// Records an execution with `n` items and returns their tokens (all queued, unpublished).
-async fn items(store: &Store, id: &str, n: usize) -> Vec<String> {
+async fn items(store: &Store, id: &str, n: usize) -> Vec<IdempotencyToken> {
     match store.submit_execution(&document(id, n)).await.unwrap() {
         Submitted::Created(items) => items.into_iter().map(|i| i.token).collect(),
         other => panic!("{other:?}"),
@@ -45,20 +45,20 @@ async fn items(store: &Store, id: &str, n: usize) -> Vec<String> {
 }
 
 /// Puts an item in `status` with a heartbeat `age` ago (and marks it published).
-async fn set(store: &Store, token: &str, status: &str, age: Duration) {
+async fn set(store: &Store, token: &IdempotencyToken, status: &str, age: Duration) {
     let client = store.pool().get().await.unwrap();
     client
         .execute(
             "UPDATE purchase_items SET status = $2, published_at = now(),
                     heartbeat_at = now() - make_interval(secs => $3), attempts = 1
               WHERE token = $1",
-            &[&token, &status, &age.as_secs_f64()],
+            &[&token.as_str(), &status, &age.as_secs_f64()],
         )
         .await
         .unwrap();
 }
 
-async fn status_and_error(store: &Store, token: &str) -> (String, Option<String>) {
+async fn status_and_error(store: &Store, token: &IdempotencyToken) -> (String, Option<String>) {
     let item = store.item_by_token(token).await.unwrap().unwrap();
     (item.status.as_str().to_owned(), item.error)
 }
@@ -140,18 +140,21 @@ async fn a_row_that_moved_on_or_vanished_after_the_select_is_a_lost_race_not_an_
     client
         .execute(
             "UPDATE purchase_items SET status = 'succeeded' WHERE token = $1",
-            &[&tokens[0]],
+            &[&tokens[0].as_str()],
         )
         .await
         .unwrap();
     client
-        .execute("DELETE FROM purchase_items WHERE token = $1", &[&tokens[1]])
+        .execute(
+            "DELETE FROM purchase_items WHERE token = $1",
+            &[&tokens[1].as_str()],
+        )
         .await
         .unwrap();
     client
         .execute(
             "UPDATE purchase_items SET heartbeat_at = now() WHERE token = $1",
-            &[&tokens[2]],
+            &[&tokens[2].as_str()],
         )
         .await
         .unwrap();
@@ -188,7 +191,7 @@ async fn a_hard_database_error_on_one_row_is_counted_and_the_others_are_reaped()
              BEGIN RAISE EXCEPTION 'simulated failure on this row'; END $$ LANGUAGE plpgsql;
              CREATE TRIGGER refuse_one BEFORE UPDATE ON purchase_items
              FOR EACH ROW WHEN (OLD.token = '{}') EXECUTE FUNCTION refuse();",
-            tokens[1]
+            tokens[1].as_str()
         ))
         .await
         .unwrap();
@@ -257,7 +260,7 @@ async fn the_store_refuses_a_zero_cutoff() {
         .is_err());
     assert!(db
         .store
-        .reap_if_stale("x", Duration::ZERO, "r")
+        .reap_if_stale(&IdempotencyToken::derive("x", 0), Duration::ZERO, "r")
         .await
         .is_err());
     db.cleanup().await.unwrap();

@@ -9,7 +9,7 @@ use buyonce_shared::relay::publish_items;
 use buyonce_shared::store::dead_letters::DeadLetterRow;
 use buyonce_shared::store::{ExecutionStatus, ItemRow, ItemStatus, Store, StoreError};
 use buyonce_shared::token::mask;
-use buyonce_shared::DeadLetterReason;
+use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken, LineageKey, RecIndex};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -110,7 +110,7 @@ enum Decision {
 /// lineage key, `execution` its execution's status.
 fn decide(
     dl: &DeadLetterRow,
-    item: Option<(ItemRow, String)>,
+    item: Option<(ItemRow, LineageKey)>,
     execution: Option<ExecutionStatus>,
 ) -> Decision {
     if !dl.reason.replayable() {
@@ -120,7 +120,7 @@ fn decide(
             dl.reason
         ));
     }
-    let Some(token) = dl.token.as_deref() else {
+    let Some(token) = &dl.token else {
         return Decision::Refuse(
             "the message body is not a purchase message, so it names no item to replay; \
              see `dlq show`, then purge it"
@@ -134,11 +134,11 @@ fn decide(
                 .into(),
         );
     };
-    if item.token != token {
+    if item.token != *token {
         return Decision::Refuse(format!(
             "the message's token {} differs from the stored item's {}: not the item's own \
              message, so it is not replayed",
-            mask(token),
+            token.mask(),
             item.masked_token()
         ));
     }
@@ -166,6 +166,15 @@ fn decide(
             "the item is cancelled: run `redrive --include-cancelled` on its execution".into(),
         ),
     }
+}
+
+/// The item a dead letter names. Its execution ID and index come from the message body or,
+/// when that did not decode, from the worker's headers, so they are checked here: values no
+/// item can have name no item.
+fn item_key(dl: &DeadLetterRow) -> Option<(ExecutionId, RecIndex)> {
+    let execution_id = ExecutionId::parse(dl.execution_id.as_deref()?).ok()?;
+    let rec_index = RecIndex::new(u32::try_from(dl.rec_index?).ok()?).ok()?;
+    Some((execution_id, rec_index))
 }
 
 /// Replays the selected dead letters; see [`replay_with_progress`].
@@ -199,14 +208,14 @@ pub async fn replay_with_progress(
     let mut filter = request.selection.filter(true);
     filter.limit = Some(REPLAY_BATCH);
     // Token → the dead letter that replayed (or would replay) that item in this run.
-    let mut items_seen: HashMap<String, i64> = HashMap::new();
-    let mut executions: HashMap<String, Option<ExecutionStatus>> = HashMap::new();
+    let mut items_seen: HashMap<IdempotencyToken, i64> = HashMap::new();
+    let mut executions: HashMap<ExecutionId, Option<ExecutionStatus>> = HashMap::new();
     let mut found_ids = Vec::new();
     loop {
         let rows = store.dead_letters(&filter).await?;
         let Some(last) = rows.last() else { break };
         filter.after_id = Some(last.id);
-        let mut to_publish: Vec<(ItemRow, String)> = Vec::new();
+        let mut to_publish: Vec<(ItemRow, LineageKey)> = Vec::new();
         // The dead letter behind each requeued item, and the item's status before.
         let mut publishing: Vec<(&DeadLetterRow, ItemStatus)> = Vec::new();
         let mut mark: Vec<i64> = Vec::new();
@@ -221,16 +230,16 @@ pub async fn replay_with_progress(
                 report.push(Some(dl), dl.id, ReplayOutcome::Skipped, detail);
                 continue;
             }
-            let (item, execution) = match (&dl.execution_id, dl.rec_index) {
-                (Some(execution_id), Some(rec_index)) => {
-                    let item = store.item_with_lineage(execution_id, rec_index).await?;
-                    if !executions.contains_key(execution_id) {
-                        let status = store.execution(execution_id).await?.map(|e| e.status);
+            let (item, execution) = match item_key(dl) {
+                Some((execution_id, rec_index)) => {
+                    let item = store.item_with_lineage(&execution_id, rec_index).await?;
+                    if !executions.contains_key(&execution_id) {
+                        let status = store.execution(&execution_id).await?.map(|e| e.status);
                         executions.insert(execution_id.clone(), status);
                     }
-                    (item, executions[execution_id])
+                    (item, executions[&execution_id])
                 }
-                _ => (None, None),
+                None => (None, None),
             };
             match decide(dl, item, execution) {
                 Decision::Refuse(why) => report.push(Some(dl), dl.id, ReplayOutcome::Refused, why),
@@ -279,7 +288,7 @@ pub async fn replay_with_progress(
                 mark.push(dl.id);
                 let old = old.as_str();
                 if outcome.published.contains(&item.token) {
-                    info!(dead_letter.id = dl.id, execution.id = %item.execution_id, item.rec_index = item.rec_index, token = %item.masked_token(), "dead letter replayed");
+                    info!(dead_letter.id = dl.id, execution.id = %item.execution_id, item.rec_index = item.rec_index.get(), token = %item.masked_token(), "dead letter replayed");
                     let detail = format!(
                         "item {old} → queued; republished with the same token {}",
                         item.masked_token()

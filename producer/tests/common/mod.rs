@@ -7,7 +7,7 @@ use buyonce_shared::envelope::PurchaseMessage;
 use buyonce_shared::store::Store;
 use buyonce_shared::testing::{TestBroker, TestDb};
 use buyonce_shared::DeadLetterReason;
-use buyonce_shared::ExecutionDocument;
+use buyonce_shared::{ExecutionDocument, ExecutionId, RecIndex};
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -72,7 +72,10 @@ impl Harness {
     pub async fn message_of(&self, execution_id: &str, rec_index: i32) -> PurchaseMessage {
         let (item, lineage) = self
             .store()
-            .item_with_lineage(execution_id, rec_index)
+            .item_with_lineage(
+                &ExecutionId::parse(execution_id).unwrap(),
+                RecIndex::new(rec_index as u32).unwrap(),
+            )
             .await
             .unwrap()
             .expect("the item exists");

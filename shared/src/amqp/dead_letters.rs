@@ -32,6 +32,7 @@ use crate::envelope::{DeadLetterReason, PurchaseMessage};
 use crate::store::dead_letters::{Archived, DeadLetterOrigin, NewDeadLetter};
 use crate::store::items::ItemDeath;
 use crate::store::{Cas, Store};
+use crate::token::IdempotencyToken;
 
 /// Unacked dead letters the long-running archiver holds at once. Archiving is one small
 /// transaction per message; a few in flight hide the round trip without hoarding messages
@@ -138,7 +139,7 @@ pub fn classify(body: &[u8], properties: &BasicProperties) -> Classified {
         .as_ref()
         .map(|m| m.recommendation.service.as_str().to_owned())
         .or_else(|| headers::text(table, headers::SERVICE));
-    let token = decoded.as_ref().map(|m| m.token.as_str().to_owned());
+    let token = decoded.as_ref().map(|m| m.token.clone());
 
     let mut times: Vec<DateTime<Utc>> = deaths.iter().filter_map(|d| d.time).collect();
     times.extend(dead_at);
@@ -151,10 +152,10 @@ pub fn classify(body: &[u8], properties: &BasicProperties) -> Classified {
                 && msg.token == msg.expected_token() =>
         {
             Some(ItemDeath {
-                execution_id: msg.execution_id.as_str().to_owned(),
-                rec_index: msg.rec_index.as_i32(),
-                token: msg.token.as_str().to_owned(),
-                recommendation: crate::store::items::recommendation_json(&msg.recommendation),
+                execution_id: msg.execution_id.clone(),
+                rec_index: msg.rec_index,
+                token: msg.token.clone(),
+                recommendation: msg.recommendation.clone(),
                 error: error.clone().unwrap_or_else(|| reason.as_str().to_owned()),
             })
         }
@@ -271,7 +272,7 @@ async fn archive_one(
         .archive_dead_letter(dl, classified.item.as_ref())
         .await
         .context("archiving a dead letter into Postgres")?;
-    let token = crate::token::mask(dl.token.as_deref().unwrap_or(""));
+    let token = crate::token::mask(dl.token.as_ref().map_or("", IdempotencyToken::as_str));
     Ok(match archived {
         Archived::Duplicate { id } => {
             debug!(
@@ -503,7 +504,10 @@ mod tests {
         );
         assert_eq!(c.dead_letter.execution_id.as_deref(), Some("exec-1"));
         let item = c.item.expect("the item is ended");
-        assert_eq!((item.execution_id.as_str(), item.rec_index), ("exec-1", 0));
+        assert_eq!(
+            (item.execution_id.as_str(), item.rec_index.get()),
+            ("exec-1", 0)
+        );
         assert!(item.error.contains("x-delivery-limit"), "{}", item.error);
     }
 

@@ -3,13 +3,15 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, StoreResult};
+use super::{parsed, Store, StoreResult};
+use crate::ids::ExecutionId;
+use crate::token::IdempotencyToken;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CommitmentRow {
     #[serde(skip)]
-    pub token: String,
-    pub execution_id: String,
+    pub token: IdempotencyToken,
+    pub execution_id: ExecutionId,
     pub rec_index: i32,
     pub provider: String,
     pub service: String,
@@ -23,7 +25,10 @@ pub struct CommitmentRow {
 
 impl Store {
     /// The ledger rows of an execution, or of everything when `execution_id` is `None`.
-    pub async fn commitments(&self, execution_id: Option<&str>) -> StoreResult<Vec<CommitmentRow>> {
+    pub async fn commitments(
+        &self,
+        execution_id: Option<&ExecutionId>,
+    ) -> StoreResult<Vec<CommitmentRow>> {
         let client = self.conn("commitments").await?;
         let rows = client
             .query(
@@ -32,14 +37,14 @@ impl Store {
                    FROM commitments
                   WHERE $1::text IS NULL OR execution_id = $1
                   ORDER BY execution_id, rec_index",
-                &[&execution_id],
+                &[&execution_id.map(ExecutionId::as_str)],
             )
             .await?;
         rows.iter()
             .map(|r| {
                 Ok(CommitmentRow {
-                    token: r.try_get(0)?,
-                    execution_id: r.try_get(1)?,
+                    token: parsed(r, 0, IdempotencyToken::parse)?,
+                    execution_id: parsed(r, 1, ExecutionId::parse)?,
                     rec_index: r.try_get(2)?,
                     provider: r.try_get(3)?,
                     service: r.try_get(4)?,
@@ -59,7 +64,7 @@ impl Store {
     pub async fn attributed_among(
         &self,
         commitment_ids: &[String],
-        token: &str,
+        token: &IdempotencyToken,
     ) -> StoreResult<Vec<String>> {
         if commitment_ids.is_empty() {
             return Ok(Vec::new());
@@ -68,7 +73,7 @@ impl Store {
         let rows = client
             .query(
                 "SELECT commitment_id FROM commitments WHERE commitment_id = ANY($1) AND token <> $2",
-                &[&commitment_ids, &token],
+                &[&commitment_ids, &token.as_str()],
             )
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()

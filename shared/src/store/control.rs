@@ -3,6 +3,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{Store, StoreResult};
+use crate::token::IdempotencyToken;
 
 /// The fleet-wide pause flag.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -79,10 +80,11 @@ impl Store {
     /// workers cannot overspend. A token holds at most one reservation, ever.
     pub async fn reserve_budget(
         &self,
-        token: &str,
+        token: &IdempotencyToken,
         amount_usd: f64,
         budget_usd: f64,
     ) -> StoreResult<Reservation> {
+        let token = token.as_str();
         let mut client = self.conn("reserve_budget").await?;
         let tx = client.transaction().await?;
         let existing = tx
@@ -142,7 +144,8 @@ impl Store {
 
     /// Gives a reservation back (the purchase certainly did not happen: a permanent refusal).
     /// Never called when the outcome is unknown: keeping the money reserved is the safe side.
-    pub async fn release_budget(&self, token: &str) -> StoreResult<bool> {
+    pub async fn release_budget(&self, token: &IdempotencyToken) -> StoreResult<bool> {
+        let token = token.as_str();
         let mut client = self.conn("release_budget").await?;
         let tx = client.transaction().await?;
         let row = tx

@@ -9,8 +9,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::items::ItemDeath;
-use super::{Cas, Store, StoreError, StoreResult};
+use super::{parsed_opt, Cas, Store, StoreError, StoreResult};
 use crate::envelope::DeadLetterReason;
+use crate::ids::ExecutionId;
+use crate::token::IdempotencyToken;
 
 /// Who put a message into the dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,7 +55,7 @@ pub struct NewDeadLetter {
     pub rec_index: Option<i32>,
     pub service: Option<String>,
     /// Full token of the decoded message (never logged; shown masked).
-    pub token: Option<String>,
+    pub token: Option<IdempotencyToken>,
     pub body: Vec<u8>,
     pub headers: Value,
     pub properties: Value,
@@ -68,7 +70,10 @@ pub struct NewDeadLetter {
 pub enum Archived {
     /// A new row; `item` is the outcome of the item's `queued|running → dead` CAS when one was
     /// asked for (`Applied` carries the execution ID).
-    Inserted { id: i64, item: Option<Cas<String>> },
+    Inserted {
+        id: i64,
+        item: Option<Cas<ExecutionId>>,
+    },
     /// The same dead letter was archived before (a copy redelivered after a crash between
     /// commit and ack): nothing was written.
     Duplicate { id: i64 },
@@ -87,7 +92,7 @@ pub struct DeadLetterRow {
     pub rec_index: Option<i32>,
     pub service: Option<String>,
     #[serde(skip)]
-    pub token: Option<String>,
+    pub token: Option<IdempotencyToken>,
     #[serde(skip)]
     pub body: Vec<u8>,
     #[serde(skip)]
@@ -106,7 +111,7 @@ pub struct DeadLetterRow {
 impl DeadLetterRow {
     /// The token's log-safe form (`(none)` when the body did not decode).
     pub fn masked_token(&self) -> String {
-        crate::token::mask(self.token.as_deref().unwrap_or(""))
+        crate::token::mask(self.token.as_ref().map_or("", IdempotencyToken::as_str))
     }
 }
 
@@ -151,7 +156,7 @@ fn row_to_dead_letter(row: &Row) -> StoreResult<DeadLetterRow> {
         execution_id: row.try_get(5)?,
         rec_index: row.try_get(6)?,
         service: row.try_get(7)?,
-        token: row.try_get(8)?,
+        token: parsed_opt(row, 8, IdempotencyToken::parse)?,
         body: row.try_get(9)?,
         headers: row.try_get(10)?,
         properties: row.try_get(11)?,
@@ -230,7 +235,7 @@ impl Store {
                     &dl.execution_id,
                     &dl.rec_index,
                     &dl.service,
-                    &dl.token,
+                    &dl.token.as_ref().map(IdempotencyToken::as_str),
                     &dl.body,
                     &dl.headers,
                     &dl.properties,

@@ -5,8 +5,9 @@ use serde_json::Value;
 use tokio_postgres::{Client, Row};
 
 use super::items::{item_from_row, recommendation_json, ItemRow, ITEM_COLUMNS};
-use super::{cas_miss, Cas, Store, StoreError, StoreResult};
+use super::{cas_miss, parsed, Cas, Store, StoreError, StoreResult};
 use crate::document::ExecutionDocument;
+use crate::ids::{ExecutionId, LineageKey};
 use crate::token::IdempotencyToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -49,9 +50,9 @@ impl ExecutionStatus {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ExecutionRow {
-    pub execution_id: String,
+    pub execution_id: ExecutionId,
     #[serde(skip)]
-    pub idempotency_key: String,
+    pub idempotency_key: LineageKey,
     pub status: ExecutionStatus,
     pub source: String,
     pub approved_by: String,
@@ -69,8 +70,8 @@ const EXECUTION_COLUMNS: &str = "execution_id, idempotency_key, status, source, 
 fn execution_from_row(row: &Row) -> StoreResult<ExecutionRow> {
     let status: String = row.try_get(2)?;
     Ok(ExecutionRow {
-        execution_id: row.try_get(0)?,
-        idempotency_key: row.try_get(1)?,
+        execution_id: parsed(row, 0, ExecutionId::parse)?,
+        idempotency_key: parsed(row, 1, LineageKey::parse)?,
         status: ExecutionStatus::parse(&status)
             .ok_or_else(|| StoreError::Invalid(format!("unknown execution status {status:?}")))?,
         source: row.try_get(3)?,
@@ -140,7 +141,7 @@ impl Store {
             tx.rollback().await?;
             // On the connection already held: taking a second one here deadlocked the pool
             // under concurrent resubmissions (every connection held, each waiting for one more).
-            let existing = execution_on(&client, doc.execution_id.as_str())
+            let existing = execution_on(&client, &doc.execution_id)
                 .await?
                 .ok_or_else(|| StoreError::Invalid("execution vanished after conflict".into()))?;
             // Compared decoded, not as JSON: jsonb rewrites numbers (`1e16` comes back as
@@ -151,7 +152,7 @@ impl Store {
                 Err(_) => existing.document == document,
             };
             return Ok(if same {
-                Submitted::Identical(items_of_on(&client, doc.execution_id.as_str()).await?)
+                Submitted::Identical(items_of_on(&client, &doc.execution_id).await?)
             } else {
                 Submitted::Conflict {
                     stored: Box::new(existing.document),
@@ -212,29 +213,29 @@ impl Store {
     }
 
     /// One execution.
-    pub async fn execution(&self, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
+    pub async fn execution(&self, execution_id: &ExecutionId) -> StoreResult<Option<ExecutionRow>> {
         execution_on(&*self.conn("execution").await?, execution_id).await
     }
 
     /// Every item of an execution, by index.
-    pub async fn items_of(&self, execution_id: &str) -> StoreResult<Vec<ItemRow>> {
+    pub async fn items_of(&self, execution_id: &ExecutionId) -> StoreResult<Vec<ItemRow>> {
         items_of_on(&*self.conn("items_of").await?, execution_id).await
     }
 
     /// `approved → running` once its messages are published.
-    pub async fn mark_execution_running(&self, execution_id: &str) -> StoreResult<Cas<()>> {
+    pub async fn mark_execution_running(&self, execution_id: &ExecutionId) -> StoreResult<Cas<()>> {
         let client = self.conn("mark_execution_running").await?;
         let n = client
             .execute(
                 "UPDATE executions SET status = 'running', updated_at = now()
                   WHERE execution_id = $1 AND status = 'approved'",
-                &[&execution_id],
+                &[&execution_id.as_str()],
             )
             .await?;
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        cas_miss(&client, EXECUTION_STATUS, execution_id).await
+        cas_miss(&client, EXECUTION_STATUS, execution_id.as_str()).await
     }
 
     /// `approved → running` once none of its items waits to be published any more (none is
@@ -243,7 +244,7 @@ impl Store {
     /// `Conflict { actual: "approved" }` while items are still unpublished.
     pub async fn mark_execution_running_if_published(
         &self,
-        execution_id: &str,
+        execution_id: &ExecutionId,
     ) -> StoreResult<Cas<()>> {
         let client = self.conn("mark_execution_running_if_published").await?;
         let n = client
@@ -253,13 +254,13 @@ impl Store {
                     AND NOT EXISTS (SELECT 1 FROM purchase_items i
                                      WHERE i.execution_id = $1 AND i.status = 'queued'
                                        AND i.published_at IS NULL)",
-                &[&execution_id],
+                &[&execution_id.as_str()],
             )
             .await?;
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        cas_miss(&client, EXECUTION_STATUS, execution_id).await
+        cas_miss(&client, EXECUTION_STATUS, execution_id.as_str()).await
     }
 
     /// When no item of the execution is `queued` or `running` any more, sets its aggregate
@@ -268,7 +269,7 @@ impl Store {
     /// of two items ending at once, the later statement sees both (see DESIGN §4).
     pub async fn finish_execution_if_done(
         &self,
-        execution_id: &str,
+        execution_id: &ExecutionId,
     ) -> StoreResult<Option<ExecutionStatus>> {
         let client = self.conn("finish_execution_if_done").await?;
         // The cheap question first (the partial index on live items answers it); the
@@ -281,7 +282,7 @@ impl Store {
             )
             .await?;
         if client
-            .query_one(&live, &[&execution_id])
+            .query_one(&live, &[&execution_id.as_str()])
             .await?
             .try_get::<_, bool>(0)?
         {
@@ -308,7 +309,7 @@ impl Store {
               RETURNING e.status",
             )
             .await?;
-        let row = client.query_opt(&stmt, &[&execution_id]).await?;
+        let row = client.query_opt(&stmt, &[&execution_id.as_str()]).await?;
         row.map(|r| {
             let s: String = r.try_get(0)?;
             ExecutionStatus::parse(&s)
@@ -319,7 +320,10 @@ impl Store {
 
     /// Executions still `approved|running` with no live item (the last item's worker died
     /// between its commit and the aggregate update), oldest first.
-    pub async fn open_executions_without_live_items(&self, limit: i64) -> StoreResult<Vec<String>> {
+    pub async fn open_executions_without_live_items(
+        &self,
+        limit: i64,
+    ) -> StoreResult<Vec<ExecutionId>> {
         let client = self.conn("open_executions_without_live_items").await?;
         let rows = client
             .query(
@@ -332,7 +336,9 @@ impl Store {
                 &[&limit],
             )
             .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        rows.iter()
+            .map(|r| parsed(r, 0, ExecutionId::parse))
+            .collect()
     }
 
     /// Cancels an execution: `approved|running → cancelled`, and every item `queued →
@@ -342,7 +348,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(execution.id = %execution_id))]
     pub async fn cancel_execution(
         &self,
-        execution_id: &str,
+        execution_id: &ExecutionId,
         cancelled_by: &str,
     ) -> StoreResult<Cas<Cancellation>> {
         let mut client = self.conn("cancel_execution").await?;
@@ -350,7 +356,7 @@ impl Store {
         let row = tx
             .query_opt(
                 "SELECT status FROM executions WHERE execution_id = $1 FOR UPDATE",
-                &[&execution_id],
+                &[&execution_id.as_str()],
             )
             .await?;
         let Some(row) = row else {
@@ -370,7 +376,10 @@ impl Store {
         tx.execute(
             "UPDATE executions SET status = 'cancelled', error = $2, updated_at = now()
               WHERE execution_id = $1",
-            &[&execution_id, &format!("cancelled by {cancelled_by}")],
+            &[
+                &execution_id.as_str(),
+                &format!("cancelled by {cancelled_by}"),
+            ],
         )
         .await?;
         let cancelled = tx
@@ -386,7 +395,7 @@ impl Store {
                      SELECT {ITEM_COLUMNS} FROM moved i ORDER BY i.rec_index"
                 ),
                 &[
-                    &execution_id,
+                    &execution_id.as_str(),
                     &format!("cancelled before purchase by {cancelled_by}"),
                 ],
             )
@@ -399,7 +408,7 @@ impl Store {
                     "SELECT {ITEM_COLUMNS} FROM purchase_items i
                       WHERE i.execution_id = $1 AND i.status = 'running' ORDER BY i.rec_index"
                 ),
-                &[&execution_id],
+                &[&execution_id.as_str()],
             )
             .await?;
         let cancellation = Cancellation {
@@ -419,23 +428,26 @@ impl Store {
 
     /// Undoes a cancel for a re-drive that includes cancelled items: `cancelled → running`.
     /// Run before the items are requeued, so their messages find a claimable execution.
-    pub async fn reopen_cancelled_execution(&self, execution_id: &str) -> StoreResult<Cas<()>> {
+    pub async fn reopen_cancelled_execution(
+        &self,
+        execution_id: &ExecutionId,
+    ) -> StoreResult<Cas<()>> {
         let client = self.conn("reopen_cancelled_execution").await?;
         let n = client
             .execute(
                 "UPDATE executions SET status = 'running', error = NULL, updated_at = now()
                   WHERE execution_id = $1 AND status = 'cancelled'",
-                &[&execution_id],
+                &[&execution_id.as_str()],
             )
             .await?;
         if n == 1 {
             return Ok(Cas::Applied(()));
         }
-        cas_miss(&client, EXECUTION_STATUS, execution_id).await
+        cas_miss(&client, EXECUTION_STATUS, execution_id.as_str()).await
     }
 
     /// Executions with failed or dead items (for re-driving everything that failed).
-    pub async fn executions_with_failures(&self) -> StoreResult<Vec<String>> {
+    pub async fn executions_with_failures(&self) -> StoreResult<Vec<ExecutionId>> {
         let client = self.conn("executions_with_failures").await?;
         let rows = client
             .query(
@@ -444,7 +456,9 @@ impl Store {
                 &[],
             )
             .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        rows.iter()
+            .map(|r| parsed(r, 0, ExecutionId::parse))
+            .collect()
     }
 }
 
@@ -453,24 +467,27 @@ impl Store {
 /// An execution's status, for [`cas_miss`].
 const EXECUTION_STATUS: &str = "SELECT status FROM executions WHERE execution_id = $1";
 
-async fn execution_on(client: &Client, execution_id: &str) -> StoreResult<Option<ExecutionRow>> {
+async fn execution_on(
+    client: &Client,
+    execution_id: &ExecutionId,
+) -> StoreResult<Option<ExecutionRow>> {
     let row = client
         .query_opt(
             &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE execution_id = $1"),
-            &[&execution_id],
+            &[&execution_id.as_str()],
         )
         .await?;
     row.as_ref().map(execution_from_row).transpose()
 }
 
-async fn items_of_on(client: &Client, execution_id: &str) -> StoreResult<Vec<ItemRow>> {
+async fn items_of_on(client: &Client, execution_id: &ExecutionId) -> StoreResult<Vec<ItemRow>> {
     let rows = client
         .query(
             &format!(
                 "SELECT {ITEM_COLUMNS} FROM purchase_items i
                   WHERE i.execution_id = $1 ORDER BY i.rec_index"
             ),
-            &[&execution_id],
+            &[&execution_id.as_str()],
         )
         .await?;
     rows.iter().map(item_from_row).collect()

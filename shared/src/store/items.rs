@@ -16,8 +16,8 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{cas_miss, Cas, Store, StoreError, StoreResult};
-use crate::document::Recommendation;
+use super::{cas_miss, invalid_column, parsed, Cas, Store, StoreError, StoreResult};
+use crate::document::{Provider, Recommendation, Service};
 use crate::envelope::PurchaseMessage;
 use crate::ids::{ExecutionId, LineageKey, RecIndex};
 use crate::token::IdempotencyToken;
@@ -69,18 +69,20 @@ impl ItemStatus {
     }
 }
 
-/// One item as stored.
+/// One item as stored, its identifiers and recommendation parsed once when the row is read.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ItemRow {
-    pub execution_id: String,
-    pub rec_index: i32,
+    pub execution_id: ExecutionId,
+    pub rec_index: RecIndex,
     #[serde(skip)]
-    pub token: String,
-    pub provider: String,
-    pub service: String,
+    pub token: IdempotencyToken,
+    pub provider: Provider,
+    pub service: Service,
     pub account: String,
     pub region: Option<String>,
-    pub recommendation: Value,
+    /// Serialized in its stored, canonical form (see [`recommendation_json`]).
+    #[serde(serialize_with = "serialize_canonical")]
+    pub recommendation: Recommendation,
     pub status: ItemStatus,
     pub attempts: i32,
     pub commitment_id: Option<String>,
@@ -111,14 +113,15 @@ pub(crate) const ITEM_COLUMN_COUNT: usize = 20;
 pub(crate) fn item_from_row(row: &Row) -> StoreResult<ItemRow> {
     let status: String = row.try_get(8)?;
     Ok(ItemRow {
-        execution_id: row.try_get(0)?,
-        rec_index: row.try_get(1)?,
-        token: row.try_get(2)?,
-        provider: row.try_get(3)?,
-        service: row.try_get(4)?,
+        execution_id: parsed(row, 0, ExecutionId::parse)?,
+        rec_index: rec_index_at(row, 1)?,
+        token: parsed(row, 2, IdempotencyToken::parse)?,
+        provider: parsed(row, 3, |s| Provider::parse(s).ok_or("unknown provider"))?,
+        service: parsed(row, 4, |s| Service::parse(s).ok_or("unknown service"))?,
         account: row.try_get(5)?,
         region: row.try_get(6)?,
-        recommendation: row.try_get(7)?,
+        recommendation: serde_json::from_value(row.try_get(7)?)
+            .map_err(|e| invalid_column(row, 7, e))?,
         status: ItemStatus::parse(&status)
             .ok_or_else(|| StoreError::Invalid(format!("unknown item status {status:?}")))?,
         attempts: row.try_get(9)?,
@@ -135,33 +138,41 @@ pub(crate) fn item_from_row(row: &Row) -> StoreResult<ItemRow> {
     })
 }
 
-impl ItemRow {
-    /// The token, validated (the column has a CHECK constraint, so this only fails on a
-    /// corrupted database).
-    pub fn token(&self) -> StoreResult<IdempotencyToken> {
-        IdempotencyToken::parse(&self.token)
-            .map_err(|e| StoreError::Invalid(format!("stored token is invalid: {e}")))
-    }
+/// A `rec_index` column (`INT`) as a [`RecIndex`].
+fn rec_index_at(row: &Row, idx: usize) -> StoreResult<RecIndex> {
+    let raw: i32 = row.try_get(idx)?;
+    u32::try_from(raw)
+        .map_err(|e| e.to_string())
+        .and_then(RecIndex::new)
+        .map_err(|e| invalid_column(row, idx, e))
+}
 
+/// The recommendation as [`recommendation_json`] stores it: a JSON object with sorted keys,
+/// which is what `ItemRow` printed when it held the column's `jsonb` value. Only where jsonb
+/// rewrote a number does the text differ: an amount of 1e16 or more (`max_upfront_usd` is the
+/// only unbounded one) printed as jsonb's integer, now as serde writes it, and `-0.0` as `0.0`.
+fn serialize_canonical<S: serde::Serializer>(
+    rec: &Recommendation,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&recommendation_json(rec), s)
+}
+
+impl ItemRow {
     /// The token's log-safe form.
     pub fn masked_token(&self) -> String {
-        crate::token::mask(&self.token)
+        self.token.mask()
     }
 
     /// Rebuilds the purchase message for this item (republish, re-drive, relay).
-    pub fn to_message(&self, lineage_key: &str) -> StoreResult<PurchaseMessage> {
-        let bad =
-            |what: &str, e: String| StoreError::Invalid(format!("stored {what} is invalid: {e}"));
-        let recommendation: Recommendation = serde_json::from_value(self.recommendation.clone())
-            .map_err(|e| bad("recommendation", e.to_string()))?;
+    pub fn to_message(&self, lineage_key: &LineageKey) -> StoreResult<PurchaseMessage> {
         let msg = PurchaseMessage::new(
-            ExecutionId::parse(&self.execution_id)
-                .map_err(|e| bad("execution_id", e.to_string()))?,
-            LineageKey::parse(lineage_key).map_err(|e| bad("idempotency_key", e.to_string()))?,
-            RecIndex::new(self.rec_index as u32).map_err(|e| bad("rec_index", e))?,
-            recommendation,
+            self.execution_id.clone(),
+            lineage_key.clone(),
+            self.rec_index,
+            self.recommendation.clone(),
         );
-        if msg.token.as_str() != self.token {
+        if msg.token != self.token {
             return Err(StoreError::Invalid(format!(
                 "stored token {} does not derive from the execution's idempotency key",
                 self.masked_token()
@@ -220,11 +231,11 @@ pub struct Recorded {
 /// `queued|running → dead` CAS ([`Store::archive_dead_letter`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemDeath {
-    pub execution_id: String,
-    pub rec_index: i32,
-    pub token: String,
+    pub execution_id: ExecutionId,
+    pub rec_index: RecIndex,
+    pub token: IdempotencyToken,
     /// The message's recommendation: only the item's own message may end it.
-    pub recommendation: Value,
+    pub recommendation: Recommendation,
     pub error: String,
 }
 
@@ -233,7 +244,7 @@ pub struct ItemDeath {
 pub(crate) async fn mark_dead_in(
     tx: &tokio_postgres::Transaction<'_>,
     death: &ItemDeath,
-) -> StoreResult<Cas<String>> {
+) -> StoreResult<Cas<ExecutionId>> {
     let rows = tx
         .query(
             "UPDATE purchase_items
@@ -245,22 +256,26 @@ pub(crate) async fn mark_dead_in(
                 AND recommendation = $4::jsonb AND status IN ('queued', 'running')
           RETURNING execution_id",
             &[
-                &death.token,
-                &death.execution_id,
-                &death.rec_index,
-                &death.recommendation,
+                &death.token.as_str(),
+                &death.execution_id.as_str(),
+                &death.rec_index.as_i32(),
+                &recommendation_json(&death.recommendation),
                 &death.error,
             ],
         )
         .await?;
     if let Some(row) = rows.first() {
-        return Ok(Cas::Applied(row.try_get(0)?));
+        return Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?));
     }
     let row = tx
         .query_opt(
             "SELECT status FROM purchase_items
               WHERE token = $1 AND execution_id = $2 AND rec_index = $3",
-            &[&death.token, &death.execution_id, &death.rec_index],
+            &[
+                &death.token.as_str(),
+                &death.execution_id.as_str(),
+                &death.rec_index.as_i32(),
+            ],
         )
         .await?;
     Ok(match row {
@@ -269,6 +284,19 @@ pub(crate) async fn mark_dead_in(
             actual: r.try_get(0)?,
         },
     })
+}
+
+/// A row of [`ITEM_COLUMNS`] followed by its execution's `idempotency_key`.
+fn item_with_lineage_from_row(row: &Row) -> StoreResult<(ItemRow, LineageKey)> {
+    Ok((
+        item_from_row(row)?,
+        parsed(row, ITEM_COLUMN_COUNT, LineageKey::parse)?,
+    ))
+}
+
+/// Tokens as a `text[]` parameter.
+fn token_strs(tokens: &[IdempotencyToken]) -> Vec<&str> {
+    tokens.iter().map(IdempotencyToken::as_str).collect()
 }
 
 fn secs(d: Duration) -> f64 {
@@ -421,7 +449,7 @@ impl Store {
         &self,
         token: &IdempotencyToken,
         recorded: &Recorded,
-    ) -> StoreResult<Cas<String>> {
+    ) -> StoreResult<Cas<ExecutionId>> {
         let client = self.conn("record_success").await?;
         let stmt = client
             .prepare_cached(
@@ -454,7 +482,7 @@ impl Store {
             )
             .await?;
         match rows.first() {
-            Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
+            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
             None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
         }
     }
@@ -500,7 +528,7 @@ impl Store {
         status: ItemStatus,
         error: &str,
         ambiguous: bool,
-    ) -> StoreResult<Cas<String>> {
+    ) -> StoreResult<Cas<ExecutionId>> {
         debug_assert!(matches!(status, ItemStatus::Failed | ItemStatus::Dead));
         let client = self.conn("finish_unsuccessful").await?;
         let rows = client
@@ -521,14 +549,18 @@ impl Store {
             )
             .await?;
         match rows.first() {
-            Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
+            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
             None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
         }
     }
 
     /// Marks an item dead because its message was dead-lettered by the broker or refused by a
     /// worker before a claim: `queued|running → dead`.
-    pub async fn mark_dead(&self, token: &str, error: &str) -> StoreResult<Cas<String>> {
+    pub async fn mark_dead(
+        &self,
+        token: &IdempotencyToken,
+        error: &str,
+    ) -> StoreResult<Cas<ExecutionId>> {
         let client = self.conn("mark_dead").await?;
         let rows = client
             .query(
@@ -539,12 +571,12 @@ impl Store {
                         updated_at = now()
                   WHERE token = $1 AND status IN ('queued', 'running')
               RETURNING execution_id",
-                &[&token, &error],
+                &[&token.as_str(), &error],
             )
             .await?;
         match rows.first() {
-            Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => cas_miss(&client, ITEM_STATUS, token).await,
+            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
+            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
         }
     }
 
@@ -569,10 +601,11 @@ impl Store {
     }
 
     /// Marks items as published (after the broker confirmed their messages).
-    pub async fn mark_published(&self, tokens: &[String]) -> StoreResult<u64> {
+    pub async fn mark_published(&self, tokens: &[IdempotencyToken]) -> StoreResult<u64> {
         if tokens.is_empty() {
             return Ok(0);
         }
+        let tokens = token_strs(tokens);
         let client = self.conn("mark_published").await?;
         Ok(client
             .execute(
@@ -589,7 +622,7 @@ impl Store {
         &self,
         older_than: Duration,
         limit: i64,
-    ) -> StoreResult<Vec<(ItemRow, String)>> {
+    ) -> StoreResult<Vec<(ItemRow, LineageKey)>> {
         let client = self.conn("unpublished").await?;
         let rows = client
             .query(
@@ -604,18 +637,16 @@ impl Store {
                 &[&secs(older_than), &limit],
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok((item_from_row(r)?, r.try_get(ITEM_COLUMN_COUNT)?)))
-            .collect()
+        rows.iter().map(item_with_lineage_from_row).collect()
     }
 
     /// One item by token.
-    pub async fn item_by_token(&self, token: &str) -> StoreResult<Option<ItemRow>> {
+    pub async fn item_by_token(&self, token: &IdempotencyToken) -> StoreResult<Option<ItemRow>> {
         let client = self.conn("item_by_token").await?;
         let row = client
             .query_opt(
                 &format!("SELECT {ITEM_COLUMNS} FROM purchase_items i WHERE i.token = $1"),
-                &[&token],
+                &[&token.as_str()],
             )
             .await?;
         row.as_ref().map(item_from_row).transpose()
@@ -624,9 +655,9 @@ impl Store {
     /// One item with its execution's lineage key.
     pub async fn item_with_lineage(
         &self,
-        execution_id: &str,
-        rec_index: i32,
-    ) -> StoreResult<Option<(ItemRow, String)>> {
+        execution_id: &ExecutionId,
+        rec_index: RecIndex,
+    ) -> StoreResult<Option<(ItemRow, LineageKey)>> {
         let client = self.conn("item_with_lineage").await?;
         let row = client
             .query_opt(
@@ -635,11 +666,10 @@ impl Store {
                        FROM purchase_items i JOIN executions e USING (execution_id)
                       WHERE i.execution_id = $1 AND i.rec_index = $2"
                 ),
-                &[&execution_id, &rec_index],
+                &[&execution_id.as_str(), &rec_index.as_i32()],
             )
             .await?;
-        row.map(|r| Ok((item_from_row(&r)?, r.try_get(ITEM_COLUMN_COUNT)?)))
-            .transpose()
+        row.as_ref().map(item_with_lineage_from_row).transpose()
     }
 
     /// Items still `running` whose heartbeat is older than `older_than`, oldest first, after
@@ -649,7 +679,7 @@ impl Store {
         &self,
         older_than: Duration,
         limit: i64,
-        after: Option<(DateTime<Utc>, String)>,
+        after: Option<(DateTime<Utc>, IdempotencyToken)>,
     ) -> StoreResult<Vec<ItemRow>> {
         if older_than.is_zero() {
             return Err(StoreError::Invalid(
@@ -667,8 +697,8 @@ impl Store {
                   LIMIT $2"
             ))
             .await?;
-        let (at, token) = match after {
-            Some((at, token)) => (Some(at), Some(token)),
+        let (at, token) = match &after {
+            Some((at, token)) => (Some(*at), Some(token.as_str())),
             None => (None, None),
         };
         let rows = client
@@ -681,10 +711,10 @@ impl Store {
     /// than `older_than` (a worker that heartbeated since keeps its item).
     pub async fn reap_if_stale(
         &self,
-        token: &str,
+        token: &IdempotencyToken,
         older_than: Duration,
         reason: &str,
-    ) -> StoreResult<Cas<String>> {
+    ) -> StoreResult<Cas<ExecutionId>> {
         if older_than.is_zero() {
             return Err(StoreError::Invalid("older_than must be positive".into()));
         }
@@ -698,12 +728,12 @@ impl Store {
                   WHERE token = $1 AND status = 'running'
                     AND heartbeat_at < now() - make_interval(secs => $2)
               RETURNING execution_id",
-                &[&token, &secs(older_than), &reason],
+                &[&token.as_str(), &secs(older_than), &reason],
             )
             .await?;
         match rows.first() {
-            Some(row) => Ok(Cas::Applied(row.try_get(0)?)),
-            None => cas_miss(&client, ITEM_STATUS, token).await,
+            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
+            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
         }
     }
 
@@ -712,13 +742,14 @@ impl Store {
     /// with their execution IDs; the others lost a race (see [`Store::statuses_of`]).
     pub async fn reap_batch(
         &self,
-        tokens: &[String],
+        tokens: &[IdempotencyToken],
         older_than: Duration,
         reason: &str,
-    ) -> StoreResult<Vec<(String, String)>> {
+    ) -> StoreResult<Vec<(IdempotencyToken, ExecutionId)>> {
         if older_than.is_zero() {
             return Err(StoreError::Invalid("older_than must be positive".into()));
         }
+        let tokens = token_strs(tokens);
         let client = self.conn("reap_batch").await?;
         let rows = client
             .query(
@@ -733,12 +764,21 @@ impl Store {
             )
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| {
+                Ok((
+                    parsed(r, 0, IdempotencyToken::parse)?,
+                    parsed(r, 1, ExecutionId::parse)?,
+                ))
+            })
             .collect()
     }
 
     /// Current status of each token that still exists.
-    pub async fn statuses_of(&self, tokens: &[String]) -> StoreResult<Vec<(String, String)>> {
+    pub async fn statuses_of(
+        &self,
+        tokens: &[IdempotencyToken],
+    ) -> StoreResult<Vec<(IdempotencyToken, String)>> {
+        let tokens = token_strs(tokens);
         let client = self.conn("statuses_of").await?;
         let rows = client
             .query(
@@ -747,7 +787,7 @@ impl Store {
             )
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((parsed(r, 0, IdempotencyToken::parse)?, r.try_get(1)?)))
             .collect()
     }
 
@@ -767,13 +807,13 @@ impl Store {
     }
 
     /// Clears `tag_pending` after the tag was written.
-    pub async fn clear_tag_pending(&self, token: &str) -> StoreResult<bool> {
+    pub async fn clear_tag_pending(&self, token: &IdempotencyToken) -> StoreResult<bool> {
         let client = self.conn("clear_tag_pending").await?;
         let n = client
             .execute(
                 "UPDATE purchase_items SET tag_pending = false, updated_at = now()
                   WHERE token = $1 AND tag_pending",
-                &[&token],
+                &[&token.as_str()],
             )
             .await?;
         Ok(n == 1)
@@ -785,14 +825,15 @@ impl Store {
     /// Only items with `attempts < max_attempts` move when `max_attempts` is given.
     pub async fn requeue(
         &self,
-        execution_id: &str,
+        execution_id: &ExecutionId,
         statuses: &[ItemStatus],
-        only_tokens: Option<&[String]>,
+        only_tokens: Option<&[IdempotencyToken]>,
         reset_attempts: bool,
         max_attempts: Option<i32>,
-    ) -> StoreResult<Vec<(ItemRow, String)>> {
+    ) -> StoreResult<Vec<(ItemRow, LineageKey)>> {
         let client = self.conn("requeue").await?;
         let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let only_tokens = only_tokens.map(token_strs);
         let rows = client
             .query(
                 &format!(
@@ -812,24 +853,24 @@ impl Store {
                       ORDER BY i.rec_index"
                 ),
                 &[
-                    &execution_id,
+                    &execution_id.as_str(),
                     &statuses,
-                    &only_tokens.map(<[String]>::to_vec),
+                    &only_tokens,
                     &reset_attempts,
                     &max_attempts,
                 ],
             )
             .await?;
-        let moved: Vec<(ItemRow, String)> = rows
+        let moved: Vec<(ItemRow, LineageKey)> = rows
             .iter()
-            .map(|r| Ok((item_from_row(r)?, r.try_get(ITEM_COLUMN_COUNT)?)))
+            .map(item_with_lineage_from_row)
             .collect::<StoreResult<_>>()?;
         if !moved.is_empty() {
             client
                 .execute(
                     "UPDATE executions SET status = 'running', updated_at = now()
                       WHERE execution_id = $1 AND status <> 'cancelled'",
-                    &[&execution_id],
+                    &[&execution_id.as_str()],
                 )
                 .await?;
         }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use deadpool_postgres::{Object, Pool};
+use tokio_postgres::Row;
 
 pub use executions::{ExecutionRow, ExecutionStatus};
 pub use items::{ItemRow, ItemStatus};
@@ -101,6 +102,35 @@ pub(crate) async fn cas_miss<T>(
             actual: r.try_get(0)?,
         },
     })
+}
+
+/// Reads a text column holding a validated value (a token, an execution ID) with `parse`. A
+/// value that does not parse is [`StoreError::Invalid`] naming the column, never a panic: the
+/// rest of the code then takes the typed value as given.
+pub(crate) fn parsed<T, E: fmt::Display>(
+    row: &Row,
+    idx: usize,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> StoreResult<T> {
+    let raw: String = row.try_get(idx)?;
+    parse(&raw).map_err(|e| invalid_column(row, idx, e))
+}
+
+/// [`parsed`] for a nullable column.
+pub(crate) fn parsed_opt<T, E: fmt::Display>(
+    row: &Row,
+    idx: usize,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> StoreResult<Option<T>> {
+    let raw: Option<String> = row.try_get(idx)?;
+    raw.map(|raw| parse(&raw).map_err(|e| invalid_column(row, idx, e)))
+        .transpose()
+}
+
+/// `stored token is invalid: …`, with the column's name.
+pub(crate) fn invalid_column(row: &Row, idx: usize, e: impl fmt::Display) -> StoreError {
+    let column = row.columns().get(idx).map_or("?", |c| c.name());
+    StoreError::Invalid(format!("stored {column} is invalid: {e}"))
 }
 
 /// The store: a pool and the SQL. Cheap to clone.

@@ -505,8 +505,8 @@ async fn end_to_end(
         let calls_before: u64 = world.fc.calls().values().sum();
         let mut msgs = Vec::with_capacity(n);
         for doc in &docs {
-            for item in world.store().items_of(doc.execution_id.as_str()).await? {
-                msgs.push(item.to_message(doc.lineage_key().as_str())?);
+            for item in world.store().items_of(&doc.execution_id).await? {
+                msgs.push(item.to_message(&doc.lineage_key())?);
             }
         }
         let started = Instant::now();

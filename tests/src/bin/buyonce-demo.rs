@@ -244,7 +244,7 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
 
     // 2. Buy, with one worker killed mid-run and the reaper sweeping.
     println!("[2/4] buying");
-    let execution_id = doc.execution_id.as_str().to_owned();
+    let execution_id = doc.execution_id.clone();
     let mut killed = false;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last_sweep = Instant::now();
@@ -326,7 +326,7 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
     println!("      resubmission: {:?}, {} new rows", again.outcome, 0);
     let msgs: Vec<_> = items
         .iter()
-        .map(|i| i.to_message(doc.lineage_key().as_str()))
+        .map(|i| i.to_message(&doc.lineage_key()))
         .collect::<Result<_, _>>()?;
     let mut republished = 0;
     for r in publisher.publish_purchases(&msgs).await {
@@ -464,8 +464,7 @@ fn print_table(items: &[ItemRow]) {
     for i in items {
         let count = i
             .recommendation
-            .get("count")
-            .and_then(|c| c.as_u64())
+            .count
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
         let cost = i.cost_usd.unwrap_or(0.0);

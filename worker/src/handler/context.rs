@@ -72,7 +72,7 @@ impl<'a> PurchaseScope<'a> {
     /// item can attribute a new commitment to itself in between.
     pub async fn close(self, bought: Bought) {
         if bought == Bought::Nothing && self.reserved.load(Ordering::SeqCst) {
-            if let Err(e) = self.store.release_budget(self.token.as_str()).await {
+            if let Err(e) = self.store.release_budget(self.token).await {
                 warn!(error = %e, "could not give back the reserved budget; it frees at the day's end");
             }
         }
@@ -127,7 +127,7 @@ impl PurchaseContext for PurchaseScope<'_> {
             }
         }
         if let Some(budget) = self.settings.daily_budget_usd {
-            match self.store.reserve_budget(self.token.as_str(), upfront_usd, budget).await {
+            match self.store.reserve_budget(self.token, upfront_usd, budget).await {
                 Ok(Reservation::Reserved | Reservation::AlreadyReserved) => {
                     self.reserved.store(true, Ordering::SeqCst);
                 }
@@ -172,7 +172,7 @@ impl PurchaseContext for PurchaseScope<'_> {
         commitment_ids: &[String],
     ) -> Result<Vec<String>, PurchaseError> {
         self.store
-            .attributed_among(commitment_ids, self.token.as_str())
+            .attributed_among(commitment_ids, self.token)
             .await
             .map_err(|e| PurchaseError::transient(format!("ledger lookup failed, not buying: {e}")))
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use buyonce_shared::store::items::{Claim, Recorded};
 use buyonce_shared::store::{Cas, ItemStatus, Store};
-use buyonce_shared::{DeadLetterReason, IdempotencyToken, PurchaseMessage, Service};
+use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken, PurchaseMessage, Service};
 use rand::Rng;
 use tracing::{debug, info, warn, Instrument};
 use uuid::Uuid;
@@ -527,7 +527,7 @@ impl Handler {
         }
     }
 
-    async fn finish_execution(&self, execution_id: &str) {
+    async fn finish_execution(&self, execution_id: &ExecutionId) {
         match self.store.finish_execution_if_done(execution_id).await {
             Ok(Some(status)) => {
                 info!(execution.id = %execution_id, status = status.as_str(), "execution finished")

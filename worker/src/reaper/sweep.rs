@@ -9,7 +9,7 @@ use buyonce_shared::amqp::Publisher;
 use buyonce_shared::duration::format_duration;
 use buyonce_shared::relay;
 use buyonce_shared::store::{ItemRow, ItemStatus};
-use buyonce_shared::{IdempotencyToken, Recommendation};
+use buyonce_shared::{ExecutionId, IdempotencyToken};
 use tracing::{error, info, warn};
 
 use super::Reaper;
@@ -89,15 +89,15 @@ impl Reaper {
     ) -> Vec<ItemRow> {
         report.found += candidates.len();
         let reason = reap_reason(self.config.reap_after);
-        let tokens: Vec<String> = candidates.iter().map(|c| c.token.clone()).collect();
-        let reaped_tokens: Vec<String> = match self
+        let tokens: Vec<IdempotencyToken> = candidates.iter().map(|c| c.token.clone()).collect();
+        let reaped_tokens: Vec<IdempotencyToken> = match self
             .store
             .reap_batch(&tokens, self.config.reap_after, &reason)
             .await
         {
             Ok(rows) => {
-                let moved: Vec<String> = rows.into_iter().map(|(t, _)| t).collect();
-                let lost: Vec<String> = tokens
+                let moved: Vec<IdempotencyToken> = rows.into_iter().map(|(t, _)| t).collect();
+                let lost: Vec<IdempotencyToken> = tokens
                     .iter()
                     .filter(|t| !moved.contains(t))
                     .cloned()
@@ -110,7 +110,7 @@ impl Reaper {
                             .find(|(tok, _)| tok == t)
                             .map(|(_, s)| s.as_str())
                             .unwrap_or("gone");
-                        info!(token = %buyonce_shared::token::mask(t), now = status, "race lost: the item moved on before the reaper's CAS");
+                        info!(token = %t, now = status, "race lost: the item moved on before the reaper's CAS");
                     }
                 }
                 report.race_lost += lost.len();
@@ -127,11 +127,11 @@ impl Reaper {
                     {
                         Ok(buyonce_shared::store::Cas::Applied(_)) => moved.push(t.clone()),
                         Ok(other) => {
-                            info!(token = %buyonce_shared::token::mask(t), cas = %other, "race lost: the item moved on before the reaper's CAS");
+                            info!(token = %t, cas = %other, "race lost: the item moved on before the reaper's CAS");
                             report.race_lost += 1;
                         }
                         Err(e) => {
-                            error!(token = %buyonce_shared::token::mask(t), error = %e, "reaping this item failed");
+                            error!(token = %t, error = %e, "reaping this item failed");
                             report.errored += 1;
                         }
                     }
@@ -148,13 +148,13 @@ impl Reaper {
         for item in &reaped {
             warn!(
                 execution.id = %item.execution_id,
-                item.rec_index = item.rec_index,
+                item.rec_index = item.rec_index.get(),
                 token = %item.masked_token(),
                 "{reason}"
             );
         }
-        let executions: std::collections::BTreeSet<&str> =
-            reaped.iter().map(|i| i.execution_id.as_str()).collect();
+        let executions: std::collections::BTreeSet<&ExecutionId> =
+            reaped.iter().map(|i| &i.execution_id).collect();
         for e in executions {
             let _ = self.store.finish_execution_if_done(e).await;
         }
@@ -162,7 +162,8 @@ impl Reaper {
     }
 
     pub(super) async fn redrive(&self, publisher: &Publisher, reaped: &[ItemRow]) -> usize {
-        let mut by_execution: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        let mut by_execution: std::collections::BTreeMap<&ExecutionId, Vec<IdempotencyToken>> =
+            Default::default();
         for item in reaped
             .iter()
             .filter(|i| i.attempts < self.config.max_attempts)
@@ -210,22 +211,19 @@ impl Reaper {
         };
         let mut done = 0;
         for item in items {
-            let (Some(commitment_id), Ok(token)) = (
-                item.commitment_id.clone(),
-                IdempotencyToken::parse(&item.token),
-            ) else {
+            let Some(commitment_id) = &item.commitment_id else {
                 continue;
             };
-            let Ok(rec) = serde_json::from_value::<Recommendation>(item.recommendation.clone())
-            else {
-                error!(token = %item.masked_token(), "stored recommendation unreadable; cannot retag");
-                continue;
-            };
-            let Some(executor) = self.executors.get(&rec.service) else {
+            let Some(executor) = self.executors.get(&item.recommendation.service) else {
                 continue;
             };
             match executor
-                .retag(&rec, &token, &commitment_id, &self.config.tag_key)
+                .retag(
+                    &item.recommendation,
+                    &item.token,
+                    commitment_id,
+                    &self.config.tag_key,
+                )
                 .await
             {
                 Ok(true) => {
