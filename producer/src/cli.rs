@@ -167,6 +167,31 @@ pub fn daily_budget() -> Result<Option<f64>, CliError> {
         .map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// Prints what an operation did — also when it failed after doing part of it (`partial`: a
+/// publish failure carries the report of what was recorded) — then returns its result.
+fn report_then<R: serde::Serialize, E>(
+    result: Result<R, E>,
+    partial: impl FnOnce(&E) -> Option<&R>,
+    json: bool,
+    render: impl FnOnce(&R) -> String,
+) -> Result<(), CliError>
+where
+    CliError: From<E>,
+{
+    let report = match &result {
+        Ok(report) => Some(report),
+        Err(e) => partial(e),
+    };
+    if let Some(report) = report {
+        if json {
+            print_json(report);
+        } else {
+            print!("{}", terminal_safe(&render(report)));
+        }
+    }
+    result.map(|_| ()).map_err(CliError::from)
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
@@ -185,17 +210,15 @@ pub async fn enqueue(
     let (connection, publisher) = connect_publisher(common).await?;
     let result = submit::submit(&store, &publisher, doc).await;
     let _ = connection.close(200, "done".into()).await;
-    let report = match &result {
-        Ok(report) => report,
-        Err(SubmitError::Publish(report)) => report.as_ref(),
-        Err(_) => return result.map(|_| ()).map_err(CliError::from),
-    };
-    if json {
-        print_json(report);
-    } else {
-        print!("{}", terminal_safe(&render_submit(report)));
-    }
-    result.map(|_| ()).map_err(CliError::from)
+    report_then(
+        result,
+        |e| match e {
+            SubmitError::Publish(report) => Some(report.as_ref()),
+            _ => None,
+        },
+        json,
+        render_submit,
+    )
 }
 
 fn render_submit(report: &SubmitReport) -> String {
@@ -284,17 +307,15 @@ pub async fn redrive(
     let options = RedriveOptions { include_cancelled };
     let result = redrive::redrive_with(&store, &publisher, &id, options).await;
     let _ = connection.close(200, "done".into()).await;
-    let report = match &result {
-        Ok(report) => report,
-        Err(RedriveError::Publish(report)) => report.as_ref(),
-        Err(_) => return result.map(|_| ()).map_err(CliError::from),
-    };
-    if json {
-        print_json(report);
-    } else {
-        print!("{}", terminal_safe(&render_redrive(report)));
-    }
-    result.map(|_| ()).map_err(CliError::from)
+    report_then(
+        result,
+        |e| match e {
+            RedriveError::Publish(report) => Some(report.as_ref()),
+            _ => None,
+        },
+        json,
+        render_redrive,
+    )
 }
 
 fn render_redrive(report: &RedriveReport) -> String {

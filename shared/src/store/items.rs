@@ -481,10 +481,7 @@ impl Store {
                 ],
             )
             .await?;
-        match rows.first() {
-            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
-            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
-        }
+        item_cas(&client, &rows, token).await
     }
 
     /// After a transient failure: `running (our claim) → queued`, keeping the error, so the
@@ -548,10 +545,7 @@ impl Store {
                 ],
             )
             .await?;
-        match rows.first() {
-            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
-            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
-        }
+        item_cas(&client, &rows, token).await
     }
 
     /// Marks an item dead because its message was dead-lettered by the broker or refused by a
@@ -574,10 +568,7 @@ impl Store {
                 &[&token.as_str(), &error],
             )
             .await?;
-        match rows.first() {
-            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
-            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
-        }
+        item_cas(&client, &rows, token).await
     }
 
     /// Number of items per status across every execution (the fleet summary).
@@ -731,10 +722,7 @@ impl Store {
                 &[&token.as_str(), &secs(older_than), &reason],
             )
             .await?;
-        match rows.first() {
-            Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
-            None => cas_miss(&client, ITEM_STATUS, token.as_str()).await,
-        }
+        item_cas(&client, &rows, token).await
     }
 
     /// The reaper's batched CAS: `running → failed` with `reason` for each of `tokens` whose
@@ -881,4 +869,17 @@ impl Store {
 /// Builds the canonical recommendation JSON stored in `purchase_items.recommendation`.
 pub fn recommendation_json(rec: &Recommendation) -> Value {
     serde_json::to_value(rec).unwrap_or(Value::Null)
+}
+
+/// The outcome of an item CAS whose statement returns the item's execution ID: applied with
+/// it, or why nothing matched (asked on the same connection).
+async fn item_cas(
+    client: &tokio_postgres::Client,
+    rows: &[tokio_postgres::Row],
+    token: &IdempotencyToken,
+) -> StoreResult<Cas<ExecutionId>> {
+    match rows.first() {
+        Some(row) => Ok(Cas::Applied(parsed(row, 0, ExecutionId::parse)?)),
+        None => cas_miss(client, ITEM_STATUS, token.as_str()).await,
+    }
 }
