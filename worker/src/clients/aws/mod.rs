@@ -62,7 +62,13 @@ struct Inner {
     base: SdkConfig,
     /// Credentials per account (assumed role or the default chain, verified).
     accounts: Mutex<HashMap<String, SharedCredentialsProvider>>,
-    configs: std::sync::Mutex<HashMap<ClientKey, SdkConfig>>,
+    configs: std::sync::Mutex<HashMap<ClientKey, Arc<Configs>>>,
+}
+
+/// The two SDK configurations of one (account, region); see [`Clients`].
+struct Configs {
+    lookup: SdkConfig,
+    once: SdkConfig,
 }
 
 /// The HTTP client every SDK client uses: hyper + rustls with ring (one crypto provider in the
@@ -127,8 +133,9 @@ impl AwsClients {
         }
     }
 
-    /// SDK configuration for `account` in `region`, with verified credentials.
-    pub async fn config(&self, account: &str, region: &str) -> Result<SdkConfig, PurchaseError> {
+    /// SDK configurations for `account` in `region`, with verified credentials: the lookup
+    /// one and its retry-free twin, derived once per (account, region).
+    async fn configs(&self, account: &str, region: &str) -> Result<Arc<Configs>, PurchaseError> {
         let key = (account.to_owned(), region.to_owned());
         if let Some(c) = self
             .inner
@@ -140,20 +147,24 @@ impl AwsClients {
             return Ok(c);
         }
         let credentials = self.credentials_for(account).await?;
-        let config = self
+        let lookup = self
             .inner
             .base
             .to_builder()
             .region(Region::new(region.to_owned()))
             .credentials_provider(credentials)
             .build();
+        let once = lookup
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let configs = Arc::new(Configs { lookup, once });
         if let Ok(mut m) = self.inner.configs.lock() {
-            m.insert(key, config.clone());
+            m.insert(key, configs.clone());
         }
-        Ok(config)
+        Ok(configs)
     }
 
-    #[tracing::instrument(name = "provider_call", level = "debug", skip_all, fields(op = "sts:AssumeRole+GetCallerIdentity", account = %account))]
     async fn credentials_for(
         &self,
         account: &str,
@@ -213,14 +224,10 @@ impl AwsClients {
         account: &str,
         region: &str,
     ) -> Result<Clients<C>, PurchaseError> {
-        let config = self.config(account, region).await?;
-        let once = config
-            .to_builder()
-            .retry_config(RetryConfig::disabled())
-            .build();
+        let configs = self.configs(account, region).await?;
         Ok(Clients {
-            lookup: C::from_conf(&config),
-            once: C::from_conf(&once),
+            lookup: C::from_conf(&configs.lookup),
+            once: C::from_conf(&configs.once),
         })
     }
 }
