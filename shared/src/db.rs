@@ -122,10 +122,67 @@ fn pg_config(cfg: &DatabaseConfig) -> anyhow::Result<(tokio_postgres::Config, Ss
     }
     pg.application_name("buyonce");
     pg.connect_timeout(Duration::from_secs(10));
+    let tcp = Keepalive::within(cfg.tcp_timeout);
+    pg.keepalives(true)
+        .keepalives_idle(tcp.idle)
+        .keepalives_interval(tcp.interval)
+        .keepalives_retries(tcp.count)
+        .tcp_user_timeout(cfg.tcp_timeout);
+    // Ours first: a setting the URL's own `options` names comes later and wins.
+    let mut options = session_options(cfg, &tcp);
     if let Some(schema) = &cfg.schema {
-        pg.options(format!("-c search_path={schema}"));
+        options.push_str(&format!(" -c search_path={schema}"));
     }
+    if let Some(given) = pg.get_options() {
+        options.push(' ');
+        options.push_str(given);
+    }
+    pg.options(options.trim());
     Ok((pg, mode, named.is_some()))
+}
+
+/// TCP keepalive timing that notices a silent peer within a budget: `idle` of silence, then
+/// `count` probes `interval` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keepalive {
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+}
+
+impl Keepalive {
+    /// Half the budget idle, the other half for (up to) four probes, in whole seconds
+    /// (Postgres' unit).
+    fn within(budget: Duration) -> Keepalive {
+        let secs = budget.as_secs().max(4);
+        let idle = secs / 2;
+        let interval = ((secs - idle) / 4).max(1);
+        Keepalive {
+            idle: Duration::from_secs(idle),
+            interval: Duration::from_secs(interval),
+            count: ((secs - idle) / interval).min(4) as u32,
+        }
+    }
+}
+
+/// Startup `options` that make the **server** drop a session whose client went silent: a
+/// partitioned or reset client's session would otherwise stay (with its advisory locks) for the
+/// server's default keepalive of two hours. Plus the statement timeout, and a bound on a
+/// transaction left open (nothing here holds one across a provider call).
+fn session_options(cfg: &DatabaseConfig, tcp: &Keepalive) -> String {
+    let mut options = format!(
+        "-c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={} \
+         -c tcp_user_timeout={} -c idle_in_transaction_session_timeout={}",
+        tcp.idle.as_secs(),
+        tcp.interval.as_secs(),
+        tcp.count,
+        cfg.tcp_timeout.as_millis(),
+        (cfg.tcp_timeout * 3).as_millis(),
+    );
+    if let Some(timeout) = cfg.statement_timeout {
+        options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
+    }
+    options
 }
 
 fn manager(
@@ -320,6 +377,10 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
     )
     .await
     .context("migrations: advisory lock")?;
+    // A migration may rewrite a big table: no BUYONCE_DATABASE_STATEMENT_TIMEOUT for it.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .context("migrations: statement timeout")?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS buyonce_migrations (
              version    INT PRIMARY KEY,
@@ -386,6 +447,62 @@ mod tests {
         assert_eq!(split_explicit_sslmode("postgres://h/db").1, None);
         assert!(check_url("postgres://h/db?sslmode=verify-ca").is_ok());
         assert!(check_url("postgres://h/db?sslmode=bogus").is_err());
+    }
+
+    #[test]
+    fn keepalives_notice_a_silent_peer_within_the_budget() {
+        for secs in [4, 5, 20, 21, 60, 600] {
+            let k = Keepalive::within(Duration::from_secs(secs));
+            let noticed = k.idle + k.interval * k.count;
+            assert!(noticed <= Duration::from_secs(secs), "{secs}s: {k:?}");
+            assert!(k.interval >= Duration::from_secs(1), "{secs}s: {k:?}");
+        }
+        assert_eq!(
+            Keepalive::within(Duration::from_secs(20)),
+            Keepalive {
+                idle: Duration::from_secs(10),
+                interval: Duration::from_secs(2),
+                count: 4
+            }
+        );
+    }
+
+    #[test]
+    fn the_server_is_asked_for_keepalives_and_timeouts_and_the_url_options_win() {
+        let mut cfg = DatabaseConfig::new(
+            "postgres://127.0.0.1/db?options=-c%20search_path%3Dmine%20-c%20statement_timeout%3D5000",
+        );
+        cfg.schema = Some("t_1".into());
+        let (pg, _, _) = pg_config(&cfg).unwrap();
+        let options = pg.get_options().unwrap();
+        for part in [
+            "-c tcp_keepalives_idle=10",
+            "-c tcp_keepalives_interval=2",
+            "-c tcp_keepalives_count=4",
+            "-c tcp_user_timeout=20000",
+            "-c idle_in_transaction_session_timeout=60000",
+            "-c statement_timeout=30000",
+            "-c search_path=t_1",
+        ] {
+            assert!(options.contains(part), "{part} not in {options}");
+        }
+        // Postgres applies `-c` settings in order: the URL's own come last.
+        assert!(
+            options.ends_with("-c search_path=mine -c statement_timeout=5000"),
+            "{options}"
+        );
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(20)));
+        assert!(pg.get_keepalives());
+
+        cfg.statement_timeout = None;
+        let (pg, _, _) = pg_config(&cfg).unwrap();
+        assert_eq!(
+            pg.get_options()
+                .unwrap()
+                .matches("statement_timeout")
+                .count(),
+            1
+        );
     }
 
     fn effective(url: &str) -> (SslMode, bool) {

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
+use crate::database_watch::DatabaseWatch;
 use crate::handler::{Handler, Outcome};
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -64,6 +65,14 @@ pub struct Consumer {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub store: Store,
+    /// Whether Postgres answers: while it does not, nothing is consumed.
+    pub database: DatabaseWatch,
+}
+
+/// Why the consume loop stopped taking deliveries.
+enum Stop {
+    Shutdown,
+    DatabaseDown,
 }
 
 impl Consumer {
@@ -112,11 +121,12 @@ impl Consumer {
             std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
         );
         let conn = amqp::connect(&self.config.common.amqp, &name).await?;
-        let channel = conn
+        let setup = conn
             .create_channel()
             .await
-            .context("opening the consume channel")?;
-        self.topology.declare(&channel).await?;
+            .context("opening the setup channel")?;
+        self.topology.declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
         let publisher = Publisher::new(&conn, self.topology.clone()).await?;
         // Dead letters move from the queue into Postgres continuously (every replica may run
         // one; archiving is idempotent). Stopped when this session ends, whatever the reason.
@@ -141,12 +151,88 @@ impl Consumer {
         // Prefetch = concurrency: the broker hands out no more than the worker can work on, so
         // a crashed worker strands at most that many messages (redelivered to others).
         let prefetch = u16::try_from(self.config.concurrency).unwrap_or(u16::MAX);
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut database = self.database.clone();
+        loop {
+            // Nothing is taken while Postgres does not answer: every delivery would only wait.
+            if !database.is_up() {
+                tokio::select! {
+                    _ = database.up() => {}
+                    _ = shutdown.cancelled() => {
+                        self.drain(tracker, drain).await;
+                        let _ = conn.close(200, "shutdown".into()).await;
+                        return Ok(());
+                    }
+                }
+            }
+            let (channel, tag, mut consumer) = self.consume(&conn, &name, prefetch).await?;
+            match self
+                .dispatch(
+                    &mut consumer,
+                    &slots,
+                    &publisher,
+                    tracker,
+                    &mut database,
+                    shutdown,
+                )
+                .await?
+            {
+                Stop::Shutdown => {
+                    info!(
+                        in_flight = tracker.len(),
+                        "stopping: no new messages; draining in-flight purchases"
+                    );
+                    let _ = channel
+                        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                        .await;
+                    self.drain(tracker, drain).await;
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return Ok(());
+                }
+                Stop::DatabaseDown => {
+                    // Closing the channel returns every unacked delivery to the queue — the
+                    // prefetched ones and those whose handlers wait on Postgres — so that
+                    // workers that reach Postgres take them. A handler that finishes later
+                    // finds its ack refused; its message was redelivered, which the token
+                    // makes safe.
+                    self.metrics.consume_stops.inc();
+                    self.metrics.broker_up.set(0);
+                    warn!(
+                        in_flight = tracker.len(),
+                        "Postgres unreachable: closed the consume channel, handing every unacked message back to the broker; consuming again once Postgres answers"
+                    );
+                    let closed = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        channel.close(200, "postgres unreachable: handing messages back".into()),
+                    )
+                    .await;
+                    if !matches!(closed, Ok(Ok(()))) {
+                        return Err(anyhow::anyhow!(
+                            "closing the consume channel failed; reconnecting to hand the messages back"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A channel consuming the purchases queue with `prefetch`, its consumer tag and stream.
+    async fn consume(
+        &self,
+        conn: &lapin::Connection,
+        name: &str,
+        prefetch: u16,
+    ) -> anyhow::Result<(lapin::Channel, String, lapin::Consumer)> {
+        let channel = conn
+            .create_channel()
+            .await
+            .context("opening the consume channel")?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .context("setting prefetch")?;
         let tag = format!("{name}-{}", uuid::Uuid::new_v4().simple());
-        let mut consumer = channel
+        let consumer = channel
             .basic_consume(
                 self.topology.purchases_queue().as_str().into(),
                 tag.as_str().into(),
@@ -163,38 +249,62 @@ impl Consumer {
                 )
             })?;
         self.health.broker_up.store(true, Ordering::SeqCst);
+        self.metrics.broker_up.set(1);
         info!(queue = %self.topology.purchases_queue(), prefetch, "consuming");
-        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        Ok((channel, tag, consumer))
+    }
+
+    /// Hands deliveries to handlers, one slot each, until shutdown or Postgres stops
+    /// answering; `Err` when the broker connection is lost.
+    async fn dispatch(
+        &self,
+        consumer: &mut lapin::Consumer,
+        slots: &Arc<Semaphore>,
+        publisher: &Publisher,
+        tracker: &TaskTracker,
+        database: &mut DatabaseWatch,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Stop> {
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    info!(in_flight = tracker.len(), "stopping: no new messages; draining in-flight purchases");
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    tracker.close();
-                    if !drain.wait(tracker).await {
-                        warn!(in_flight = tracker.len(), "shutdown grace over with purchases in flight");
-                    }
-                    let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
-                }
+            // A slot first, so that waiting for one still notices shutdown and an outage.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
+                _ = database.down() => return Ok(Stop::DatabaseDown),
+                permit = slots.clone().acquire_owned() => permit.context("slots")?,
+            };
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
+                _ = database.down() => return Ok(Stop::DatabaseDown),
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let permit = slots.clone().acquire_owned().await.context("slots")?;
-                        let handler = self.handler.clone();
-                        let publisher = publisher.clone();
-                        let metrics = self.metrics.clone();
-                        tracker.spawn(async move {
-                            match AssertUnwindSafe(handler.handle(&delivery.data)).catch_unwind().await {
-                                Ok(outcome) => apply(outcome, delivery, &publisher, &metrics).await,
-                                Err(panic) => requeue_after_panic(delivery, panic, &metrics).await,
-                            }
-                            drop(permit);
-                        });
-                    }
+                    Some(Ok(delivery)) => delivery,
                     Some(Err(e)) => return Err(anyhow::anyhow!("consumer error: {}", amqp::describe_error(&e))),
                     None => return Err(anyhow::anyhow!("consumer stream ended (channel or connection closed)")),
+                },
+            };
+            let handler = self.handler.clone();
+            let publisher = publisher.clone();
+            let metrics = self.metrics.clone();
+            tracker.spawn(async move {
+                match AssertUnwindSafe(handler.handle(&delivery.data))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(outcome) => apply(outcome, delivery, &publisher, &metrics).await,
+                    Err(panic) => requeue_after_panic(delivery, panic, &metrics).await,
                 }
-            }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Waits for in-flight purchases until the one shutdown deadline.
+    async fn drain(&self, tracker: &TaskTracker, drain: &Drain) {
+        tracker.close();
+        if !drain.wait(tracker).await {
+            warn!(
+                in_flight = tracker.len(),
+                "shutdown grace over with purchases in flight"
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -13,6 +14,8 @@ use buyonce_shared::store::Store;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::database_watch::DatabaseWatch;
 
 /// Something that renders Prometheus text (the worker's and the reaper's metrics).
 pub trait MetricsSource: Send + Sync {
@@ -26,7 +29,12 @@ pub struct Health {
     pub store: Store,
     /// The broker session is up (the reaper, which needs no consumer, leaves it `true`).
     pub broker_up: AtomicBool,
+    /// The worker's Postgres probe (the reaper has none: its sweep fails loudly instead).
+    pub database: Option<DatabaseWatch>,
 }
+
+/// How long `/readyz` waits for Postgres (probes have short timeouts of their own).
+const READYZ_DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     (
@@ -44,9 +52,18 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     let broker = h.broker_up.load(Ordering::SeqCst);
-    let (database, paused) = match h.store.pause_state().await {
-        Ok(p) => (Ok(()), p.paused),
-        Err(e) => (Err(e.to_string()), false),
+    let probed_down = h.database.as_ref().is_some_and(|w| !w.is_up());
+    let (database, paused) = if probed_down {
+        (Err("the Postgres probe gets no answer".to_owned()), false)
+    } else {
+        match tokio::time::timeout(READYZ_DATABASE_TIMEOUT, h.store.pause_state()).await {
+            Ok(Ok(p)) => (Ok(()), p.paused),
+            Ok(Err(e)) => (Err(e.to_string()), false),
+            Err(_) => (
+                Err(format!("no answer within {READYZ_DATABASE_TIMEOUT:?}")),
+                false,
+            ),
+        }
     };
     h.metrics.set_paused(paused);
     let ready = broker && database.is_ok();

@@ -25,6 +25,13 @@ pub struct Metrics {
     /// 1 while the fleet is paused (as last seen by this worker).
     pub paused: Gauge,
     pub reconnects: Counter,
+    /// 1 while this worker's Postgres probe gets answers.
+    pub database_up: Gauge,
+    /// 1 while this worker consumes on a live broker connection.
+    pub broker_up: Gauge,
+    /// Times the worker stopped consuming because Postgres was unreachable (handing its
+    /// prefetched messages back).
+    pub consume_stops: Counter,
     pub archived_dead_letters: Counter,
     /// Handler panics caught (the message went back to the queue).
     pub handler_panics: Counter,
@@ -49,6 +56,9 @@ impl Metrics {
         let dead_letters = Family::<Labels, Counter>::default();
         let paused = Gauge::default();
         let reconnects = Counter::default();
+        let database_up = Gauge::default();
+        let broker_up = Gauge::default();
+        let consume_stops = Counter::default();
         let archived_dead_letters = Counter::default();
         let handler_panics = Counter::default();
         registry.register(
@@ -84,6 +94,21 @@ impl Metrics {
             reconnects.clone(),
         );
         registry.register(
+            "database_up",
+            "1 while Postgres answers this worker's probe (every 2s)",
+            database_up.clone(),
+        );
+        registry.register(
+            "broker_up",
+            "1 while this worker consumes on a live RabbitMQ connection",
+            broker_up.clone(),
+        );
+        registry.register(
+            "consume_stops",
+            "Times this worker stopped consuming because Postgres was unreachable, handing its prefetched messages back",
+            consume_stops.clone(),
+        );
+        registry.register(
             "archived_dead_letters",
             "Dead letters moved from the queue into Postgres",
             archived_dead_letters.clone(),
@@ -103,6 +128,9 @@ impl Metrics {
             dead_letters,
             paused,
             reconnects,
+            database_up,
+            broker_up,
+            consume_stops,
             archived_dead_letters,
             handler_panics,
         }

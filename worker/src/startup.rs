@@ -20,6 +20,7 @@ use crate::clients::aws::AwsClients;
 use crate::clients::azure::AzureClient;
 use crate::config::WorkerConfig;
 use crate::consumer::Consumer;
+use crate::database_watch::DatabaseWatch;
 use crate::executors::{self, Executor};
 use crate::handler::{Handler, HandlerSettings};
 use crate::http::{self, Health};
@@ -67,10 +68,13 @@ pub async fn spawn_with(
         handler_settings(&config),
         metrics.clone(),
     ));
+    let database =
+        DatabaseWatch::spawn(&config.common.database, metrics.clone(), shutdown.clone())?;
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         store: store.clone(),
         broker_up: false.into(),
+        database: Some(database.clone()),
     });
     let http_addr = http::serve(config.listen, health.clone(), shutdown.clone()).await?;
     info!(listen = %http_addr, concurrency = config.concurrency, dry_run = config.dry_run, "worker started");
@@ -81,6 +85,7 @@ pub async fn spawn_with(
         metrics: metrics.clone(),
         health,
         store,
+        database,
     };
     let handle = tokio::spawn(async move { consumer.run(shutdown).await });
     Ok(RunningWorker {

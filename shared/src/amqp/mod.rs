@@ -19,7 +19,7 @@ pub use topology::Topology;
 /// TLS (`amqps://`) uses the system roots unless `BUYONCE_AMQP_CA_FILE` names a CA, and a
 /// client certificate when one is configured. Errors carry the URL without its password.
 pub async fn connect(cfg: &AmqpConfig, name: &str) -> anyhow::Result<Connection> {
-    let url = cfg.url.expose();
+    let url = &with_heartbeat(cfg.url.expose(), cfg.heartbeat);
     let target = redact_url(url);
     let mut tls = OwnedTLSConfig::default();
     if let Some(ca) = &cfg.ca_file {
@@ -85,6 +85,18 @@ pub async fn connect(cfg: &AmqpConfig, name: &str) -> anyhow::Result<Connection>
     }
 }
 
+/// `url` asking for `heartbeat` unless it names a heartbeat of its own. lapin takes the
+/// smaller of this and the server's (RabbitMQ's default is 60 s) and closes a connection that
+/// has been silent for two of them; so does the broker, which then requeues its unacked
+/// messages for the other consumers.
+fn with_heartbeat(url: &str, heartbeat: std::time::Duration) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={}", heartbeat.as_secs())
+}
+
 /// A lapin error with its causes, and a hint for certificate problems.
 pub fn describe_error(e: &lapin::Error) -> String {
     let mut text = e.to_string();
@@ -120,4 +132,27 @@ pub async fn queue_len(connection: &Connection, queue: &str) -> anyhow::Result<u
         .await?;
     let _ = channel.close(200, "done".into()).await;
     Ok(q.message_count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_heartbeat;
+    use std::time::Duration;
+
+    #[test]
+    fn the_heartbeat_is_asked_for_unless_the_url_names_one() {
+        let d = Duration::from_secs(15);
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f", d),
+            "amqp://h/%2f?heartbeat=15"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?frame_max=8192", d),
+            "amqp://h/%2f?frame_max=8192&heartbeat=15"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?heartbeat=5", d),
+            "amqp://h/%2f?heartbeat=5"
+        );
+    }
 }

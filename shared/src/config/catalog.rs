@@ -82,6 +82,30 @@ pub mod vars {
         read_by: ALL_BINS,
         secret: false,
     };
+    pub const DATABASE_STATEMENT_TIMEOUT: VarSpec = VarSpec {
+        name: "BUYONCE_DATABASE_STATEMENT_TIMEOUT",
+        default: Some("30s"),
+        expected: "a Go duration from 1s to 1h, or 0 to leave the server's setting",
+        doc: "Postgres `statement_timeout` of every session: a statement that runs longer fails (and is retried) instead of holding a purchase.",
+        read_by: ALL_BINS,
+        secret: false,
+    };
+    pub const DATABASE_TCP_TIMEOUT: VarSpec = VarSpec {
+        name: "BUYONCE_DATABASE_TCP_TIMEOUT",
+        default: Some("20s"),
+        expected: "a Go duration from 4s to 10m",
+        doc: "How long a Postgres connection may go unanswered before both ends drop it (TCP keepalives and `TCP_USER_TIMEOUT`, asked of the client and, at connect, of the server): a partitioned process loses its session, and its advisory locks, within about this long.",
+        read_by: ALL_BINS,
+        secret: false,
+    };
+    pub const AMQP_HEARTBEAT: VarSpec = VarSpec {
+        name: "BUYONCE_AMQP_HEARTBEAT",
+        default: Some("15s"),
+        expected: "a whole number of seconds from 2s to 10m",
+        doc: "AMQP heartbeat asked of RabbitMQ (a `heartbeat` in the URL wins): a connection silent for two of them is dead, on both ends.",
+        read_by: ALL_BINS,
+        secret: false,
+    };
     pub const QUEUE_PREFIX: VarSpec = VarSpec {
         name: "BUYONCE_QUEUE_PREFIX",
         default: Some("buyonce"),
@@ -333,6 +357,9 @@ pub mod vars {
         DATABASE_URL,
         DATABASE_CA_FILE,
         DATABASE_POOL_SIZE,
+        DATABASE_STATEMENT_TIMEOUT,
+        DATABASE_TCP_TIMEOUT,
+        AMQP_HEARTBEAT,
         QUEUE_PREFIX,
         DELIVERY_LIMIT,
         RETRY_DELAYS,

@@ -22,8 +22,9 @@ mod redact;
 pub use catalog::{vars, VarSpec};
 pub use env::{get, get_or_default, get_secret, EnvSource, ProcessEnv, Secret};
 pub use parse::{
-    invalid, missing, parse_bool, parse_choice, parse_duration, parse_duration_list, parse_number,
-    parse_optional_f64, parse_positive_duration, parse_socket_addr, parse_url,
+    invalid, missing, parse_bool, parse_choice, parse_duration, parse_duration_between,
+    parse_duration_list, parse_number, parse_optional_f64, parse_positive_duration,
+    parse_socket_addr, parse_url,
 };
 pub use redact::redact_url;
 
@@ -86,6 +87,8 @@ pub struct AmqpConfig {
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// The heartbeat asked of the broker (`BUYONCE_AMQP_HEARTBEAT`), unless the URL names one.
+    pub heartbeat: Duration,
 }
 
 /// How to reach Postgres.
@@ -94,6 +97,10 @@ pub struct DatabaseConfig {
     pub url: Secret,
     pub ca_file: Option<PathBuf>,
     pub pool_size: usize,
+    /// `statement_timeout` asked of every session; `None` leaves the server's.
+    pub statement_timeout: Option<Duration>,
+    /// How long a connection may go unanswered before both ends drop it.
+    pub tcp_timeout: Duration,
     /// Postgres schema to use instead of the default search path (tests isolate themselves
     /// with one schema each; not exposed as an env var).
     pub schema: Option<String>,
@@ -106,6 +113,8 @@ impl DatabaseConfig {
             url: Secret::new(url),
             ca_file: None,
             pool_size: 16,
+            statement_timeout: Some(Duration::from_secs(30)),
+            tcp_timeout: Duration::from_secs(20),
             schema: None,
         }
     }
@@ -118,6 +127,7 @@ impl AmqpConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -152,7 +162,20 @@ impl CommonConfig {
             ca_file: path(&vars::AMQP_CA_FILE),
             client_cert_file: path(&vars::AMQP_CLIENT_CERT_FILE),
             client_key_file: path(&vars::AMQP_CLIENT_KEY_FILE),
+            heartbeat: parse_duration_between(
+                env,
+                &vars::AMQP_HEARTBEAT,
+                (Duration::from_secs(2), Duration::from_secs(600)),
+                false,
+            )?,
         };
+        if amqp.heartbeat.subsec_nanos() != 0 {
+            return Err(invalid(
+                &vars::AMQP_HEARTBEAT,
+                &crate::duration::format_duration(amqp.heartbeat),
+                "must be a whole number of seconds",
+            ));
+        }
         if amqp.client_cert_file.is_some() != amqp.client_key_file.is_some() {
             let absent = if amqp.client_cert_file.is_some() {
                 &vars::AMQP_CLIENT_KEY_FILE
@@ -165,6 +188,19 @@ impl CommonConfig {
             url: database_url,
             ca_file: path(&vars::DATABASE_CA_FILE),
             pool_size: parse_number(env, &vars::DATABASE_POOL_SIZE, 1usize, 1000)?,
+            statement_timeout: Some(parse_duration_between(
+                env,
+                &vars::DATABASE_STATEMENT_TIMEOUT,
+                (Duration::from_secs(1), Duration::from_secs(3600)),
+                true,
+            )?)
+            .filter(|d| !d.is_zero()),
+            tcp_timeout: parse_duration_between(
+                env,
+                &vars::DATABASE_TCP_TIMEOUT,
+                (Duration::from_secs(4), Duration::from_secs(600)),
+                false,
+            )?,
             schema: None,
         };
         let prefix = get_or_default(env, &vars::QUEUE_PREFIX).unwrap_or_default();
@@ -233,6 +269,30 @@ mod tests {
         assert!(e.to_string().contains("BUYONCE_QUEUE_PREFIX"), "{e}");
         let e = CommonConfig::from_source(&[("BUYONCE_RETRY_DELAYS", "5s,1s")]).unwrap_err();
         assert!(e.to_string().contains("delays must increase"), "{e}");
+    }
+
+    #[test]
+    fn connection_timeouts_have_defaults_ranges_and_an_off_switch() {
+        let env: [(&str, &str); 0] = [];
+        let c = CommonConfig::from_source(&env).unwrap();
+        assert_eq!(c.database.statement_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.database.tcp_timeout, Duration::from_secs(20));
+        assert_eq!(c.amqp.heartbeat, Duration::from_secs(15));
+        let c = CommonConfig::from_source(&[("BUYONCE_DATABASE_STATEMENT_TIMEOUT", "0")]).unwrap();
+        assert_eq!(c.database.statement_timeout, None);
+        let e = CommonConfig::from_source(&[("BUYONCE_DATABASE_TCP_TIMEOUT", "1s")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "BUYONCE_DATABASE_TCP_TIMEOUT=\"1s\" is invalid: must be from 4s to 10m; expected a Go duration from 4s to 10m"
+        );
+        let e = CommonConfig::from_source(&[("BUYONCE_DATABASE_TCP_TIMEOUT", "0")]).unwrap_err();
+        assert!(e.to_string().contains("must be from 4s to 10m"), "{e}");
+        let e = CommonConfig::from_source(&[("BUYONCE_AMQP_HEARTBEAT", "2500ms")]).unwrap_err();
+        assert!(
+            e.to_string().contains("BUYONCE_AMQP_HEARTBEAT")
+                && e.to_string().contains("whole number of seconds"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -118,6 +118,34 @@ pub fn parse_positive_duration(
     Ok(d)
 }
 
+/// Parses a Go-style duration from `min` to `max`; `0` too when `zero_ok` (then it means "off").
+pub fn parse_duration_between(
+    env: &dyn EnvSource,
+    spec: &VarSpec,
+    (min, max): (Duration, Duration),
+    zero_ok: bool,
+) -> Result<Duration, ConfigError> {
+    let raw = required(env, spec)?;
+    let d = duration_value(spec, &raw)?;
+    if (d.is_zero() && zero_ok) || (min..=max).contains(&d) {
+        return Ok(d);
+    }
+    let range = format!(
+        "must be from {} to {}",
+        duration::format_duration(min),
+        duration::format_duration(max)
+    );
+    Err(invalid(
+        spec,
+        &raw,
+        if zero_ok {
+            format!("{range}, or 0")
+        } else {
+            range
+        },
+    ))
+}
+
 fn duration_value(spec: &VarSpec, raw: &str) -> Result<Duration, ConfigError> {
     duration::parse_duration(raw).map_err(|e| invalid(spec, raw, e.why))
 }

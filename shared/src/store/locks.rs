@@ -77,7 +77,22 @@ impl Store {
     }
 }
 
+/// Session advisory locks are only ever released by an unlock or by the session's end: a
+/// granted one of our backend is the one we took (a lock connection holds no other).
+const HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks
+                          WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted)";
+
 impl AdvisoryLock {
+    /// Whether the session still holds the lock, asked of the server on the lock's own
+    /// connection (an error when that connection is gone).
+    pub async fn confirm(&self) -> StoreResult<bool> {
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| super::StoreError::Invalid("advisory lock already released".into()))?;
+        Ok(conn.query_one(HELD_SQL, &[]).await?.try_get(0)?)
+    }
+
     /// Unlocks; the connection goes back to the pool only if the unlock ran.
     pub async fn release(mut self) {
         if let Some(conn) = self.conn.take() {

@@ -96,6 +96,11 @@ pub trait PurchaseContext: Send + Sync {
     /// purchase is recorded in Postgres (or has failed), so no other item can attribute the
     /// new commitment to itself in between.
     async fn lock_offering(&self, key: &str) -> Result<(), PurchaseError>;
+    /// Right before the buy call under an offering lock: that the lock's Postgres session is
+    /// still alive and holds it. A worker cut off from Postgres loses the session (and the lock)
+    /// within `BUYONCE_DATABASE_TCP_TIMEOUT`, and another worker may then take the lock; an
+    /// error here means "do not buy".
+    async fn confirm_offering_lock(&self) -> Result<(), PurchaseError>;
     /// The last check before a purchase call that could buy a second time if an earlier
     /// attempt's call went through unseen: `Err(Settling)` while the provider's settle window
     /// since [`PurchaseRequest::ambiguous_at`] has not passed. Call it after the guard found

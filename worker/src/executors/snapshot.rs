@@ -12,6 +12,26 @@
 //! since purchases of the offering are serialised. If none is visible, the settle gate keeps the
 //! attempt from buying until an earlier ambiguous purchase had time to appear. A commitment
 //! bought by hand in that window makes buyonce under-buy (the safe direction), never double-buy.
+//!
+//! **When the lock changes hands under a live holder.** The offering lock is a Postgres session
+//! lock. A holder cut off from Postgres loses its session — the server drops it after
+//! `BUYONCE_DATABASE_TCP_TIMEOUT` of silence (keepalives asked for at connect) — and another
+//! worker may then take the lock while the first one still runs. Two things keep that safe:
+//!
+//! * The fence: right before the buy call the holder asks the server, on the lock's own
+//!   connection, whether its session still holds the lock ([`PurchaseContext::confirm_offering_lock`],
+//!   answered within 2 s). An answer means the server heard from the session just now, so it
+//!   keeps the session (and the lock) for at least the timeout — far longer than sending the
+//!   call takes. A holder whose session is gone, or that cannot tell, does not buy.
+//! * The worst a late call can do is reorder two purchases of the same offering. Say holder A
+//!   sent its call, and B took over and bought before A's commitment was visible, so B's
+//!   snapshot lacks A's. Every candidate either item can recover is absent from its own
+//!   snapshot, of the same offering and count, and not attributed to anyone else — so if both
+//!   responses were lost, each recovery takes one of the two, and the ledger records one
+//!   commitment per item: possibly swapped between A and B (identical, interchangeable
+//!   commitments), never one item with two or a purchase that nobody holds. The number bought
+//!   still equals the number of items that succeeded. A commitment that is still invisible
+//!   when a retry looks is what the settle gate already waits for.
 
 use async_trait::async_trait;
 use buyonce_shared::{IdempotencyToken, Recommendation};
@@ -263,6 +283,8 @@ impl<S: SnapshotService> Executor for BySnapshot<S> {
         }
 
         ctx.settle_gate()?;
+        // The fence: the lock must still be ours when the call goes out (see `confirm`).
+        ctx.confirm_offering_lock().await?;
         let id = S::buy(&client, &offering, count).await?;
         // Mark before recording; a failure is reported as tag_pending, never ignored.
         let tag_pending = S::mark(&client, &id, tag_key, req.token).await;

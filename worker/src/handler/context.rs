@@ -167,6 +167,16 @@ impl PurchaseContext for PurchaseScope<'_> {
         Ok(())
     }
 
+    async fn confirm_offering_lock(&self) -> Result<(), PurchaseError> {
+        let guard = self.lock.lock().await;
+        let Some(lock) = guard.as_ref() else {
+            return Err(PurchaseError::transient(
+                "no offering lock held; not buying (a bug: the lock is taken first)",
+            ));
+        };
+        lock.confirm().await
+    }
+
     async fn attributed_elsewhere(
         &self,
         commitment_ids: &[String],

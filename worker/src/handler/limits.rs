@@ -56,7 +56,29 @@ pub struct OfferingLock {
     slot: OwnedSemaphorePermit,
 }
 
+/// How long the check before a buy call may take: well inside the time in which the server
+/// could drop a partitioned session (`BUYONCE_DATABASE_TCP_TIMEOUT`, at least 4 s).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+
 impl OfferingLock {
+    /// That the lock's session is alive and still holds it, asked of the server within
+    /// [`CONFIRM_WITHIN`]; anything else is "do not buy".
+    pub async fn confirm(&self) -> Result<(), PurchaseError> {
+        match tokio::time::timeout(CONFIRM_WITHIN, self.lock.confirm()).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(PurchaseError::transient(
+                "the offering lock's Postgres session no longer holds the lock; not buying",
+            )),
+            Ok(Err(e)) => Err(PurchaseError::transient(format!(
+                "cannot confirm the offering lock, not buying: {e}"
+            ))),
+            Err(_) => Err(PurchaseError::transient(format!(
+                "the offering lock's Postgres session did not answer within {CONFIRM_WITHIN:?}; \
+                 not buying"
+            ))),
+        }
+    }
+
     /// Unlocks, then gives back the pool share.
     pub async fn release(self) {
         let Self { lock, _local, slot } = self;

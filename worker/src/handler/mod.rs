@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use buyonce_shared::store::items::{Claim, Recorded};
 use buyonce_shared::store::{Cas, ItemStatus, Store};
 use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken, PurchaseMessage, Service};
@@ -310,7 +309,7 @@ impl Handler {
                     .purchases
                     .get_or_create(&labels(purchased.how.as_str()))
                     .inc();
-                let outcome = self.record(&msg, &purchased).await;
+                let outcome = self.record(&msg, claim_id, &purchased).await;
                 scope.close(Bought::Maybe).await;
                 outcome
             }
@@ -454,28 +453,58 @@ impl Handler {
         }
     }
 
-    /// Records the commitment and the item's success.
-    async fn record(&self, msg: &PurchaseMessage, purchased: &Purchased) -> Outcome {
+    /// Records the commitment and the item's success, retrying until Postgres takes it: the
+    /// commitment exists whatever Postgres says, so giving up would leave a bought item for
+    /// the reaper to mark failed. The heartbeat keeps the claim meanwhile; if this worker stays
+    /// cut off from Postgres long enough for its consume channel to close, a redelivered copy
+    /// finds the commitment through the guard (or this write lands first). A write that lands
+    /// after the reaper marked the item failed still makes it `succeeded`
+    /// (`Store::record_success` moves any status but `succeeded`).
+    async fn record(
+        &self,
+        msg: &PurchaseMessage,
+        claim_id: Uuid,
+        purchased: &Purchased,
+    ) -> Outcome {
         let recorded = Recorded {
             commitment_id: purchased.commitment_id.clone(),
             cost_usd: purchased.cost_usd,
             how: purchased.how.as_str(),
             tag_pending: purchased.tag_pending,
         };
-        // The commitment exists now whatever Postgres says: retry the write with backoff.
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(4)
-            .with_jitter();
-        let written = (|| self.store.record_success(&msg.token, &recorded))
-            .retry(backoff)
-            .notify(|e, after| {
-                warn!(error = %e, retry_in = ?after, "bought, but recording failed; retrying the write")
-            })
-            .await;
+        let write = async {
+            let mut wait = Duration::from_millis(100);
+            let mut failures = 0u32;
+            loop {
+                match self.store.record_success(&msg.token, &recorded).await {
+                    Ok(written) => {
+                        if failures > 0 {
+                            info!(failures, "the delayed write of the purchase went through");
+                        }
+                        return written;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures <= 3 || failures % 20 == 0 {
+                            warn!(error = %e, failures, retry_in = ?wait, commitment.id = %purchased.commitment_id, "bought, but recording failed; retrying the write until Postgres takes it");
+                        }
+                        let jitter = rand::rng().random_range(0.5..=1.0);
+                        tokio::time::sleep(wait.mul_f64(jitter)).await;
+                        wait = (wait * 2).min(RECORD_RETRY_MAX);
+                    }
+                }
+            }
+        };
+        let written = with_heartbeat(
+            &self.store,
+            &msg.token,
+            claim_id,
+            self.settings.heartbeat_interval,
+            write,
+        )
+        .await;
         match written {
-            Ok(Cas::Applied(execution_id)) => {
+            Cas::Applied(execution_id) => {
                 info!(
                     commitment.id = %purchased.commitment_id,
                     how = purchased.how.as_str(),
@@ -484,28 +513,20 @@ impl Handler {
                     "commitment recorded"
                 );
                 self.finish_execution(&execution_id).await;
-                return Outcome::Done {
+                Outcome::Done {
                     note: purchased.how.as_str(),
-                };
-            }
-            Ok(Cas::Conflict { .. }) => {
-                return Outcome::Done {
-                    note: "already-succeeded",
                 }
             }
-            Ok(Cas::NotFound) => {
+            Cas::Conflict { .. } => Outcome::Done {
+                note: "already-succeeded",
+            },
+            Cas::NotFound => {
                 warn!("bought, but the item row is gone; the commitment is in the provider only");
-                return Outcome::Done {
+                Outcome::Done {
                     note: "item-missing",
-                };
-            }
-            Err(e) => {
-                warn!(error = %e, "bought, but recording failed for good; a redelivery will find it")
+                }
             }
         }
-        // Still running with our claim; once the heartbeat is stale a redelivery takes over and
-        // the guard finds the commitment.
-        self.retry_after_at_least(self.settings.stale_after, "record-failed")
     }
 
     async fn end(
@@ -538,6 +559,9 @@ impl Handler {
         }
     }
 }
+
+/// The longest pause between two tries of recording a purchase.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Counts one purchase in the `in_flight` gauge for as long as it lives, so a panicking
 /// executor does not leave the gauge one too high.

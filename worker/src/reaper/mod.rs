@@ -153,6 +153,7 @@ pub async fn run(
         metrics: reaper.metrics.clone(),
         store,
         broker_up: AtomicBool::new(true),
+        database: None,
     });
     let addr = http::serve(config.listen, health, shutdown.clone()).await?;
     info!(listen = %addr, "metrics and health served");
