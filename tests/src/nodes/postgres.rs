@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use buyonce_shared::db;
 use tokio::process::Command;
 
-use super::{free_port, run, tail, url_encode, ServerTls};
+use super::{free_port, run, running_as_root, tail, url_encode, ServerTls};
 
 /// How a [`PgCluster`] is set up.
 #[derive(Debug, Clone, Default)]
@@ -24,11 +24,11 @@ pub struct PgOptions {
     /// Require a password (`scram-sha-256`) on TCP instead of `trust`. The unix socket stays
     /// `trust` for the cluster's own administration (roles, [`PgCluster::kill_connections`]).
     pub password_auth: bool,
-    /// More addresses to listen on besides 127.0.0.1, e.g. the host side of a network
-    /// namespace's veth. They must exist when the cluster starts (and restarts).
+    /// More addresses to listen on besides 127.0.0.1, e.g. a [`NetNs`](super::NetNs)'s host
+    /// IP. They must exist when the cluster starts (and restarts).
     pub listen_on: Vec<IpAddr>,
     /// Clients allowed in over TCP besides 127.0.0.1 (one `pg_hba.conf` line each, with the
-    /// same TLS and password rules), e.g. a network namespace's side of the veth.
+    /// same TLS and password rules), e.g. a namespace's [`NetNs::ns_ip`](super::NetNs::ns_ip).
     pub allow_clients: Vec<IpAddr>,
 }
 
@@ -362,13 +362,4 @@ fn append(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
-}
-
-/// Whether this process runs as root (`id -u`; the workspace forbids the unsafe `geteuid`).
-fn running_as_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }

@@ -30,8 +30,8 @@ pub struct RabbitOptions {
     pub user: String,
     /// Its password (default: random).
     pub password: String,
-    /// Another address for the plain listener, on the same port, besides 127.0.0.1: e.g. the host
-    /// side of a network namespace's veth. It must exist when the node starts.
+    /// Another address for the plain listener, on the same port, besides 127.0.0.1: e.g. a
+    /// [`NetNs`](super::NetNs)'s host IP. It must exist when the node starts.
     pub listen_on: Option<IpAddr>,
 }
 
