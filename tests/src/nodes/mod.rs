@@ -10,11 +10,13 @@
 //! of it); [`RabbitNode`] about 5–7 s (the Erlang VM and RabbitMQ's boot steps), so a suite
 //! starts one node per test that needs one, not one per assertion.
 //!
-//! One module per service: `postgres.rs` ([`PgCluster`]), `rabbitmq.rs` ([`RabbitNode`]) and
+//! One module per service: `postgres.rs` ([`PgCluster`]), `rabbitmq.rs` ([`RabbitNode`]),
 //! `process.rs` (the workspace's binaries as child processes pointed at them, under a
-//! [`KillOnDrop`]). This module holds what they share and [`world_on`], and re-exports the
-//! rest, so callers name `nodes::…` only.
+//! [`KillOnDrop`]) and `netns.rs` ([`NetNs`]: a network namespace to run one in, whose
+//! traffic to the others a partition test cuts). This module holds what they share and
+//! [`world_on`], and re-exports the rest, so callers name `nodes::…` only.
 
+mod netns;
 mod postgres;
 mod process;
 mod rabbitmq;
@@ -35,8 +37,11 @@ use tokio::process::Command;
 use crate::harness::World;
 use buyonce_fakecloud::{FakeCloud, FakeCloudConfig};
 
+pub use netns::{remove_leftovers, Mode, NetNs, Target};
 pub use postgres::{postgres_bin_dir, PgCluster, PgOptions};
-pub use process::{find_log_event, process_env_with, spawn_binary, wait_exit, KillOnDrop};
+pub use process::{
+    find_log_event, process_env_with, spawn_binary, spawn_binary_in, wait_exit, KillOnDrop,
+};
 pub use rabbitmq::{rabbitmq_sbin_dir, RabbitNode, RabbitOptions};
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released for the server to take).
@@ -71,6 +76,15 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether this process runs as root (`id -u`; the workspace forbids the unsafe `geteuid`).
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// Runs a command to completion; an error carries its output.

@@ -3,6 +3,7 @@
 //! as root, which tests do in CI and on the development machine, so there its commands run
 //! through `runuser -u postgres --` in a directory owned by `postgres`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -10,7 +11,7 @@ use anyhow::{bail, Context};
 use buyonce_shared::db;
 use tokio::process::Command;
 
-use super::{free_port, run, tail, url_encode, ServerTls};
+use super::{free_port, run, running_as_root, tail, url_encode, ServerTls};
 
 /// How a [`PgCluster`] is set up.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +24,12 @@ pub struct PgOptions {
     /// Require a password (`scram-sha-256`) on TCP instead of `trust`. The unix socket stays
     /// `trust` for the cluster's own administration (roles, [`PgCluster::kill_connections`]).
     pub password_auth: bool,
+    /// More addresses to listen on besides 127.0.0.1, e.g. a [`NetNs`](super::NetNs)'s host
+    /// IP. They must exist when the cluster starts (and restarts).
+    pub listen_on: Vec<IpAddr>,
+    /// Clients allowed in over TCP besides 127.0.0.1 (one `pg_hba.conf` line each, with the
+    /// same TLS and password rules), e.g. a namespace's [`NetNs::ns_ip`](super::NetNs::ns_ip).
+    pub allow_clients: Vec<IpAddr>,
 }
 
 /// A Postgres cluster of our own: `initdb` into a temporary directory, a free port on
@@ -150,12 +157,16 @@ impl PgCluster {
         )
         .await?;
         let socket_dir = self.dir.path().display().to_string();
+        let listen: Vec<String> = std::iter::once("127.0.0.1".to_owned())
+            .chain(self.options.listen_on.iter().map(IpAddr::to_string))
+            .collect();
         // Throwaway data: durability off makes start-up and every commit cheaper.
         let mut conf = format!(
-            "\n# buyonce test cluster\nlisten_addresses = '127.0.0.1'\nport = {}\n\
+            "\n# buyonce test cluster\nlisten_addresses = '{}'\nport = {}\n\
              unix_socket_directories = '{socket_dir}'\nfsync = off\nsynchronous_commit = off\n\
              full_page_writes = off\nshared_buffers = 32MB\nmax_connections = 100\n\
              password_encryption = 'scram-sha-256'\n",
+            listen.join(", "),
             self.port
         );
         if let Some(tls) = &self.options.tls {
@@ -188,11 +199,12 @@ impl PgCluster {
         };
         // No `host`/`hostnossl` line when TLS-only: a plain connection finds no entry and is
         // refused with "no pg_hba.conf entry ... no encryption".
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            format!("local all all trust\n{host} all all 127.0.0.1/32 {method}\n"),
-        )
-        .context("writing pg_hba.conf")?;
+        let mut hba = format!("local all all trust\n{host} all all 127.0.0.1/32 {method}\n");
+        for client in &self.options.allow_clients {
+            let len = if client.is_ipv4() { 32 } else { 128 };
+            hba.push_str(&format!("{host} all all {client}/{len} {method}\n"));
+        }
+        std::fs::write(data.join("pg_hba.conf"), hba).context("writing pg_hba.conf")?;
         Ok(())
     }
 
@@ -252,6 +264,15 @@ impl PgCluster {
     /// [`PgOptions::password_auth`] use [`PgCluster::url_as`] with a role of your own).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// `postgres://postgres@HOST:PORT/<db>`: [`PgCluster::url`] on another address the
+    /// cluster listens on ([`PgOptions::listen_on`]).
+    pub fn url_on(&self, host: IpAddr, db: &str) -> String {
+        format!(
+            "postgres://postgres@{}/{db}",
+            SocketAddr::new(host, self.port)
+        )
     }
 
     /// `postgres://<user>:<password>@127.0.0.1:PORT/<db>`.
@@ -341,13 +362,4 @@ fn append(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
-}
-
-/// Whether this process runs as root (`id -u`; the workspace forbids the unsafe `geteuid`).
-fn running_as_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }

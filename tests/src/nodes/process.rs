@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::NetNs;
 use crate::harness::{signal, World};
 
 /// `world.process_env()` with `remove` taken out and `set` put in (replacing what is there),
@@ -77,9 +78,33 @@ pub fn spawn_binary(
     env: &[(String, String)],
     log: &Path,
 ) -> anyhow::Result<KillOnDrop> {
+    let cmd = std::process::Command::new(crate::harness::binary(name));
+    spawn_logged(cmd, name, args, env, log)
+}
+
+/// [`spawn_binary`] inside a network namespace (`ip netns exec`, which execs the binary in
+/// place: the guarded pid is the binary's). Declare `ns` before the guard, so the process is
+/// killed before its namespace goes.
+pub fn spawn_binary_in(
+    ns: &NetNs,
+    name: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<KillOnDrop> {
+    let cmd = ns.command(crate::harness::binary(name));
+    spawn_logged(cmd, name, args, env, log)
+}
+
+fn spawn_logged(
+    mut cmd: std::process::Command,
+    name: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<KillOnDrop> {
     let file = std::fs::File::create(log).context("log file")?;
-    std::process::Command::new(crate::harness::binary(name))
-        .args(args)
+    cmd.args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

@@ -6,6 +6,7 @@
 //! with the machine's `epmd` (port 4369), which is how `rabbitmqctl -n` finds it.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub struct RabbitOptions {
     pub user: String,
     /// Its password (default: random).
     pub password: String,
+    /// Another address for the plain listener, on the same port, besides 127.0.0.1: e.g. a
+    /// [`NetNs`](super::NetNs)'s host IP. It must exist when the node starts.
+    pub listen_on: Option<IpAddr>,
 }
 
 impl Default for RabbitOptions {
@@ -39,6 +43,7 @@ impl Default for RabbitOptions {
             require_client_cert: false,
             user: "buyonce".into(),
             password: random_hex(24),
+            listen_on: None,
         }
     }
 }
@@ -85,6 +90,9 @@ impl RabbitNode {
         if (options.tls_only || options.require_client_cert) && options.tls.is_none() {
             bail!("tls_only and require_client_cert need RabbitOptions::tls");
         }
+        if options.tls_only && options.listen_on.is_some() {
+            bail!("listen_on is for the plain listener, which tls_only turns off");
+        }
         let sbin = rabbitmq_sbin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("buyonce-rabbit-")
@@ -110,6 +118,13 @@ impl RabbitNode {
         match port {
             Some(p) => conf.push_str(&format!("listeners.tcp.default = 127.0.0.1:{p}\n")),
             None => conf.push_str("listeners.tcp = none\n"),
+        }
+        if let (Some(ip), Some(p)) = (options.listen_on, port) {
+            // Any name but `default` adds a listener (SocketAddr brackets an IPv6 address).
+            conf.push_str(&format!(
+                "listeners.tcp.extra = {}\n",
+                SocketAddr::new(ip, p)
+            ));
         }
         if let (Some(tls), Some(p)) = (&options.tls, tls_port) {
             let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
@@ -289,6 +304,21 @@ impl RabbitNode {
             "amqp://{}:{}@127.0.0.1:{port}/%2f",
             url_encode(&self.options.user),
             url_encode(&self.options.password)
+        )
+    }
+
+    /// `amqp://user:password@HOST:PORT/%2f`: [`RabbitNode::amqp_url`] on
+    /// [`RabbitOptions::listen_on`]. The node's user may log in from any address
+    /// (`loopback_users = none`).
+    pub fn amqp_url_on(&self, host: IpAddr) -> String {
+        let port = self
+            .port
+            .expect("the node has no plain listener (tls_only)");
+        format!(
+            "amqp://{}:{}@{}/%2f",
+            url_encode(&self.options.user),
+            url_encode(&self.options.password),
+            SocketAddr::new(host, port)
         )
     }
 
