@@ -370,6 +370,11 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
         .await
         .map_err(|e| anyhow::anyhow!("migrations: {}", pool_error_text(&e)))?;
     let tx = client.transaction().await.context("migrations: begin")?;
+    // A migration may rewrite a big table, and other replicas wait for it on the lock below:
+    // no BUYONCE_DATABASE_STATEMENT_TIMEOUT in this transaction.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .context("migrations: statement timeout")?;
     // Per schema, so tests that each own a schema do not wait on one another.
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('buyonce.migrate.' || current_schema()))",
@@ -377,10 +382,6 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
     )
     .await
     .context("migrations: advisory lock")?;
-    // A migration may rewrite a big table: no BUYONCE_DATABASE_STATEMENT_TIMEOUT for it.
-    tx.batch_execute("SET LOCAL statement_timeout = 0")
-        .await
-        .context("migrations: statement timeout")?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS buyonce_migrations (
              version    INT PRIMARY KEY,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use buyonce_shared::envelope::PurchaseMessage;
 use buyonce_shared::store::executions::Submitted;
-use buyonce_shared::store::items::{Claim, Recorded};
+use buyonce_shared::store::items::{Claim, Recorded, Recording};
 use buyonce_shared::store::{Cas, ItemStatus};
 use buyonce_shared::testing::TestDb;
 use buyonce_shared::{db, ExecutionDocument, IdempotencyToken};
@@ -87,6 +87,67 @@ async fn submitting_records_items_with_derived_tokens_and_is_idempotent() {
 }
 
 #[tokio::test]
+async fn an_exclusive_record_of_a_commitment_another_item_holds_writes_nothing() {
+    let db = TestDb::new(2).await.unwrap();
+    let doc = document("exec-taken", 2);
+    let msgs = submitted(&db, &doc).await;
+    for m in &msgs {
+        assert!(matches!(
+            db.store.claim(m, STALE).await.unwrap(),
+            Claim::Claimed { .. }
+        ));
+    }
+    let recorded = |how, exclusive| Recorded {
+        commitment_id: "rn-shared".into(),
+        cost_usd: Some(10.0),
+        how,
+        tag_pending: false,
+        exclusive,
+    };
+    // Item 1 recovered the commitment first (snapshot attribution) ...
+    assert_eq!(
+        db.store
+            .record_success(&msgs[1].token, &recorded("recovered", true))
+            .await
+            .unwrap(),
+        Recording::Recorded(doc.execution_id.clone())
+    );
+    // ... so item 0's delayed record of the same commitment writes nothing and says who has it.
+    assert_eq!(
+        db.store
+            .record_success(&msgs[0].token, &recorded("purchased", true))
+            .await
+            .unwrap(),
+        Recording::TakenBy(msgs[1].token.mask())
+    );
+    let item = db
+        .store
+        .item_by_token(&msgs[0].token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.status, ItemStatus::Running);
+    assert_eq!(item.commitment_id, None);
+    assert_eq!(
+        db.store
+            .commitments(Some(&doc.execution_id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Not exclusive (a commitment found by the item's own handle): recorded regardless.
+    assert_eq!(
+        db.store
+            .record_success(&msgs[0].token, &recorded("guard", false))
+            .await
+            .unwrap(),
+        Recording::Recorded(doc.execution_id.clone())
+    );
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
 async fn claim_then_record_then_claim_again_is_already_succeeded() {
     let db = TestDb::new(2).await.unwrap();
     let doc = document("exec-claim", 1);
@@ -107,23 +168,22 @@ async fn claim_then_record_then_claim_again_is_already_succeeded() {
         cost_usd: Some(1234.5),
         how: "purchased",
         tag_pending: false,
+        exclusive: true,
     };
     assert_eq!(
         db.store
             .record_success(&msg.token, &recorded)
             .await
             .unwrap(),
-        Cas::Applied(doc.execution_id.clone())
+        Recording::Recorded(doc.execution_id.clone())
     );
-    // Recording twice is a no-op reported as a conflict (already succeeded).
+    // Recording twice is a no-op reported as already succeeded.
     assert_eq!(
         db.store
             .record_success(&msg.token, &recorded)
             .await
             .unwrap(),
-        Cas::Conflict {
-            actual: "succeeded".into()
-        }
+        Recording::AlreadySucceeded
     );
     assert_eq!(
         db.store.claim(msg, STALE).await.unwrap(),

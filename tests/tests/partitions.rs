@@ -94,7 +94,8 @@ async fn a_cut_inside_a_namespace_stops_only_the_namespace_traffic() {
         err.contains("Connection refused"),
         "a rejected connect is refused: {err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(1), "and at once");
+    // At once, not after a connect timeout (5 s of slack for a loaded machine).
+    assert!(started.elapsed() < Duration::from_secs(5), "and at once");
     session.send("SELECT 'after';").await;
     let (status, stderr) = session.exit(Duration::from_secs(5)).await;
     assert!(
@@ -261,7 +262,7 @@ async fn broker_reset_with_purchases_in_flight_loses_nothing() {
 const CUT: Duration = Duration::from_secs(20);
 /// `BUYONCE_DATABASE_TCP_TIMEOUT` of every worker (shorter than production's 20 s, to keep
 /// the suite short; the mechanism is the same).
-const TCP_TIMEOUT: &str = "6s";
+const TCP_TIMEOUT: &str = "10s";
 /// `BUYONCE_AMQP_HEARTBEAT` of every worker.
 const HEARTBEAT: &str = "4s";
 
@@ -479,10 +480,13 @@ async fn partition(test: &str, what: Cut, mode: Mode) {
         during.succeeded > before.succeeded,
         "nothing was bought during the cut: {before:?} → {during:?}"
     );
-    if before.locked_left > 0 {
+    for (service, left_before, left_after) in [
+        ("ec2", before.ec2_left, during.ec2_left),
+        ("redshift", before.redshift_left, during.redshift_left),
+    ] {
         assert!(
-            during.locked_left < before.locked_left,
-            "no EC2/Redshift purchase during the cut (a stranded offering lock?): {before:?} → {during:?}"
+            left_before == 0 || left_after < left_before,
+            "no {service} purchase during the cut (a stranded offering lock?): {before:?} → {during:?}"
         );
     }
 
@@ -551,12 +555,22 @@ async fn partition(test: &str, what: Cut, mode: Mode) {
             )
             .await
         }
-        Cut::Rabbit => assert!(
-            log_has(&victim_log, "consuming"),
-            "victim log: {}",
-            read(&victim_log)
-        ),
+        // The startup's and the reconnect's.
+        Cut::Rabbit => {
+            wait_for(
+                Duration::from_secs(15),
+                "the victim to consume again",
+                || async { (count_events(&victim_log, "consuming") >= 2).then_some(()) },
+            )
+            .await
+        }
     }
+    wait_for(
+        Duration::from_secs(15),
+        "the victim to be ready again",
+        || async { (http_status(&victim_ready).await == Some(200)).then_some(()) },
+    )
+    .await;
     println!(
         "{what:?} {mode:?}: the victim's log said\n{}",
         story(&victim_log)
@@ -598,36 +612,34 @@ struct Progress {
     succeeded: usize,
     /// Not ended yet (approved, queued or running).
     live: usize,
-    /// EC2 and Redshift items not bought yet.
-    locked_left: usize,
+    /// EC2 items not bought yet (one offering: one fleet-wide lock).
+    ec2_left: usize,
+    /// Redshift items not bought yet (likewise).
+    redshift_left: usize,
 }
 
 async fn progress(store: &Store, msgs: &[PurchaseMessage]) -> Progress {
-    let Some(first) = msgs.first() else {
-        return Progress {
-            succeeded: 0,
-            live: 0,
-            locked_left: 0,
-        };
+    let items = match msgs.first() {
+        Some(first) => store
+            .items_of(&first.execution_id)
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
     };
-    let items = store
-        .items_of(&first.execution_id)
-        .await
-        .unwrap_or_default();
-    let succeeded = items
-        .iter()
-        .filter(|i| i.status == ItemStatus::Succeeded)
-        .count();
-    let live = items.iter().filter(|i| !i.status.is_terminal()).count();
-    let locked_left = items
-        .iter()
-        .filter(|i| i.status != ItemStatus::Succeeded)
-        .filter(|i| matches!(i.service.as_str(), "ec2" | "redshift"))
-        .count();
+    let left = |service: &str| {
+        items
+            .iter()
+            .filter(|i| i.status != ItemStatus::Succeeded && i.service.as_str() == service)
+            .count()
+    };
     Progress {
-        succeeded,
-        live,
-        locked_left,
+        succeeded: items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Succeeded)
+            .count(),
+        live: items.iter().filter(|i| !i.status.is_terminal()).count(),
+        ec2_left: left("ec2"),
+        redshift_left: left("redshift"),
     }
 }
 
@@ -757,4 +769,13 @@ fn story(log: &Path) -> String {
         .map(|(m, n)| format!("  {n:>3} × {m}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// How many of the JSON log lines in `log` have `message` as their message.
+fn count_events(log: &Path, message: &str) -> usize {
+    read(log)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"].as_str() == Some(message))
+        .count()
 }

@@ -87,6 +87,7 @@ impl Consumer {
                 Ok(()) => break,
                 Err(e) => {
                     self.health.broker_up.store(false, Ordering::SeqCst);
+                    self.metrics.broker_up.set(0);
                     self.metrics.reconnects.inc();
                     warn!(error = %format!("{e:#}"), retry_in = ?backoff, "broker session ended; reconnecting (unacked messages are redelivered, the token makes that safe)");
                     tokio::select! {
@@ -157,12 +158,13 @@ impl Consumer {
             // Nothing is taken while Postgres does not answer: every delivery would only wait.
             if !database.is_up() {
                 tokio::select! {
-                    _ = database.up() => {}
+                    biased;
                     _ = shutdown.cancelled() => {
                         self.drain(tracker, drain).await;
                         let _ = conn.close(200, "shutdown".into()).await;
                         return Ok(());
                     }
+                    _ = database.up() => {}
                 }
             }
             let (channel, tag, mut consumer) = self.consume(&conn, &name, prefetch).await?;
@@ -268,11 +270,13 @@ impl Consumer {
         loop {
             // A slot first, so that waiting for one still notices shutdown and an outage.
             let permit = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
                 _ = database.down() => return Ok(Stop::DatabaseDown),
                 permit = slots.clone().acquire_owned() => permit.context("slots")?,
             };
             let delivery = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
                 _ = database.down() => return Ok(Stop::DatabaseDown),
                 next = consumer.next() => match next {
@@ -340,11 +344,17 @@ pub async fn apply(outcome: Outcome, delivery: Delivery, publisher: &Publisher, 
                 .retries
                 .get_or_create(&vec![("reason", reason.to_string())])
                 .inc();
-            let props = with_headers(&delivery, &[(headers::RETRY_REASON, reason)]);
-            publisher
-                .publish_retry(&delivery.data, props, *level, *after)
-                .await
-                .map_err(|e| format!("parking in the retry queue failed: {e}"))
+            if delivery.acker.usable() {
+                let props = with_headers(&delivery, &[(headers::RETRY_REASON, reason)]);
+                publisher
+                    .publish_retry(&delivery.data, props, *level, *after)
+                    .await
+                    .map_err(|e| format!("parking in the retry queue failed: {e}"))
+            } else {
+                // Its channel closed (Postgres was unreachable, or the broker connection
+                // died): the broker has requeued the original, a retry copy would be a second.
+                Ok(())
+            }
         }
         Outcome::Dead { reason, error } => {
             metrics
@@ -374,12 +384,16 @@ pub async fn apply(outcome: Outcome, delivery: Delivery, publisher: &Publisher, 
         }
     };
     match result {
-        Ok(()) => {
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                // The channel is gone: the broker redelivers; the outcome is already durable.
-                warn!(error = %amqp::describe_error(&e), "ack failed; the message will be redelivered");
+        Ok(()) => match delivery.ack(BasicAckOptions::default()).await {
+            Ok(true) => {}
+            // The channel is gone: the broker redelivers; the outcome is already durable.
+            Ok(false) => {
+                info!("not acked: the delivery's channel closed; the broker redelivers the message")
             }
-        }
+            Err(e) => {
+                warn!(error = %amqp::describe_error(&e), "ack failed; the message will be redelivered")
+            }
+        },
         Err(problem) => {
             error!(%problem, "outcome not durable; returning the message to the queue");
             tokio::time::sleep(Duration::from_millis(200)).await;

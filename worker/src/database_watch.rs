@@ -80,14 +80,19 @@ impl DatabaseWatch {
         *self.up.borrow()
     }
 
-    /// Returns once Postgres is down (at once if it is now).
+    /// Returns once Postgres is down (at once if it is now). Never, once the watcher stopped
+    /// (at shutdown): a stopped watcher is no outage.
     pub async fn down(&mut self) {
-        let _ = self.up.wait_for(|up| !*up).await;
+        if self.up.wait_for(|up| !*up).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
-    /// Returns once Postgres is up (at once if it is now).
+    /// Returns once Postgres is up (at once if it is now). Never, once the watcher stopped.
     pub async fn up(&mut self) {
-        let _ = self.up.wait_for(|up| *up).await;
+        if self.up.wait_for(|up| *up).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -108,8 +113,7 @@ async fn probe(pool: &deadpool_postgres::Pool) -> Result<(), String> {
         Ok(result) => result,
         Err(_) => {
             // The connection may be stuck on a black hole: start from a fresh one.
-            pool.resize(0);
-            pool.resize(1);
+            pool.retain(|_, _| false);
             Err(format!("no answer within {PROBE_TIMEOUT:?}"))
         }
     }

@@ -56,6 +56,11 @@ pub enum PurchaseError {
     /// The fleet was paused between the claim and the buy call: wait, do not count an attempt.
     #[error("fleet paused")]
     Paused,
+    /// The offering lock could not be confirmed right before the buy call (its Postgres session
+    /// is gone or did not answer): nothing bought; retry without counting an attempt, so that
+    /// repeated partitions do not use up an item's attempts.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl PurchaseError {
@@ -80,6 +85,7 @@ impl PurchaseError {
             | PurchaseError::OverBudget(m)
             | PurchaseError::DryRun(m)
             | PurchaseError::Permanent { message: m, .. }
+            | PurchaseError::Fenced(m)
             | PurchaseError::Settling { message: m, .. } => m.clone(),
             PurchaseError::Paused => "fleet paused".into(),
         }

@@ -93,7 +93,7 @@ pub mod vars {
     pub const DATABASE_TCP_TIMEOUT: VarSpec = VarSpec {
         name: "BUYONCE_DATABASE_TCP_TIMEOUT",
         default: Some("20s"),
-        expected: "a Go duration from 4s to 10m",
+        expected: "a Go duration from 10s to 10m",
         doc: "How long a Postgres connection may go unanswered before both ends drop it (TCP keepalives and `TCP_USER_TIMEOUT`, asked of the client and, at connect, of the server): a partitioned process loses its session, and its advisory locks, within about this long.",
         read_by: ALL_BINS,
         secret: false,

@@ -198,7 +198,7 @@ impl CommonConfig {
             tcp_timeout: parse_duration_between(
                 env,
                 &vars::DATABASE_TCP_TIMEOUT,
-                (Duration::from_secs(4), Duration::from_secs(600)),
+                (Duration::from_secs(10), Duration::from_secs(600)),
                 false,
             )?,
             schema: None,
@@ -283,10 +283,10 @@ mod tests {
         let e = CommonConfig::from_source(&[("BUYONCE_DATABASE_TCP_TIMEOUT", "1s")]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "BUYONCE_DATABASE_TCP_TIMEOUT=\"1s\" is invalid: must be from 4s to 10m; expected a Go duration from 4s to 10m"
+            "BUYONCE_DATABASE_TCP_TIMEOUT=\"1s\" is invalid: must be from 10s to 10m; expected a Go duration from 10s to 10m"
         );
         let e = CommonConfig::from_source(&[("BUYONCE_DATABASE_TCP_TIMEOUT", "0")]).unwrap_err();
-        assert!(e.to_string().contains("must be from 4s to 10m"), "{e}");
+        assert!(e.to_string().contains("must be from 10s to 10m"), "{e}");
         let e = CommonConfig::from_source(&[("BUYONCE_AMQP_HEARTBEAT", "2500ms")]).unwrap_err();
         assert!(
             e.to_string().contains("BUYONCE_AMQP_HEARTBEAT")

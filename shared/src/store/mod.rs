@@ -56,6 +56,27 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the same statement may succeed later unchanged: Postgres unreachable, or the
+    /// statement cancelled (statement timeout), a serialization failure or deadlock, the server
+    /// shutting down or short of resources (SQLSTATE classes 08, 40, 53, 57). Not a constraint
+    /// violation or a bug, which fail again every time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Db(_, e) => {
+                crate::db::is_connection_error(e)
+                    || e.code().is_some_and(|code| {
+                        ["08", "40", "53", "57"]
+                            .iter()
+                            .any(|class| code.code().starts_with(class))
+                    })
+            }
+            StoreError::Invalid(_) => false,
+        }
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The outcome of a compare-and-set.

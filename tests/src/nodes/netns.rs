@@ -315,20 +315,20 @@ impl Drop for NetNs {
 /// the start time differs), and `bo-<hex>` namespaces and `bo<hex>h` veths without an owner
 /// file. Returns the namespaces' names. [`NetNs::create`] calls it once per process.
 pub fn remove_leftovers() -> anyhow::Result<Vec<String>> {
+    // Namespaces and veths first, owner files after: an owner file is written before its
+    // namespace and veth and removed after them, so a listed one whose owner file is missing
+    // even now is an orphan — not one that another process was making between our two reads.
+    let listed: BTreeSet<String> = tags_in(Path::new("/run/netns"), "bo-", "")
+        .into_iter()
+        .chain(tags_in(Path::new("/sys/class/net"), "bo", "h"))
+        .collect();
     let owned = tags_in(Path::new(OWNERS), "bo-", "");
     let mut dead: BTreeSet<String> = owned
         .iter()
         .filter(|tag| !creator_alive(tag))
         .cloned()
         .collect();
-    // Owner files are written before the namespace and the veth, and removed after them, so
-    // either without one is an orphan, not one being made.
-    dead.extend(
-        tags_in(Path::new("/run/netns"), "bo-", "")
-            .into_iter()
-            .chain(tags_in(Path::new("/sys/class/net"), "bo", "h"))
-            .filter(|tag| !owned.contains(tag)),
-    );
+    dead.extend(listed.into_iter().filter(|tag| !owned.contains(tag)));
     for tag in &dead {
         let (name, host_if) = (format!("bo-{tag}"), format!("bo{tag}h"));
         let steps = [

@@ -32,6 +32,14 @@
 //!   commitments), never one item with two or a purchase that nobody holds. The number bought
 //!   still equals the number of items that succeeded. A commitment that is still invisible
 //!   when a retry looks is what the settle gate already waits for.
+//! * A record delayed past the lock. Holder A bought X and got the answer, but cannot record
+//!   it (cut off); its session and lock go; item B, whose earlier attempt saved a snapshot but
+//!   bought nothing (settle gate, a failed fence), takes the lock and recovers X — absent from
+//!   its snapshot, untagged, not yet in the ledger. When A's record finally lands, it is
+//!   *exclusive* (`Recorded::exclusive`): Postgres writes nothing because X is B's in the
+//!   ledger, and A goes back to the queue as ambiguous, so its next attempt finds its own
+//!   purchase if there is one and otherwise buys after the settle window. One commitment per
+//!   item again, never two items on one commitment.
 
 use async_trait::async_trait;
 use buyonce_shared::{IdempotencyToken, Recommendation};

@@ -57,7 +57,7 @@ pub struct OfferingLock {
 }
 
 /// How long the check before a buy call may take: well inside the time in which the server
-/// could drop a partitioned session (`BUYONCE_DATABASE_TCP_TIMEOUT`, at least 4 s).
+/// could drop a partitioned session (`BUYONCE_DATABASE_TCP_TIMEOUT`, at least 10 s).
 const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 
 impl OfferingLock {
@@ -66,13 +66,13 @@ impl OfferingLock {
     pub async fn confirm(&self) -> Result<(), PurchaseError> {
         match tokio::time::timeout(CONFIRM_WITHIN, self.lock.confirm()).await {
             Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(PurchaseError::transient(
-                "the offering lock's Postgres session no longer holds the lock; not buying",
+            Ok(Ok(false)) => Err(PurchaseError::Fenced(
+                "the offering lock's Postgres session no longer holds the lock; not buying".into(),
             )),
-            Ok(Err(e)) => Err(PurchaseError::transient(format!(
+            Ok(Err(e)) => Err(PurchaseError::Fenced(format!(
                 "cannot confirm the offering lock, not buying: {e}"
             ))),
-            Err(_) => Err(PurchaseError::transient(format!(
+            Err(_) => Err(PurchaseError::Fenced(format!(
                 "the offering lock's Postgres session did not answer within {CONFIRM_WITHIN:?}; \
                  not buying"
             ))),

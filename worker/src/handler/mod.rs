@@ -17,18 +17,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use buyonce_shared::store::items::{Claim, Recorded};
+use buyonce_shared::store::items::{Claim, Recorded, Recording};
 use buyonce_shared::store::{Cas, ItemStatus, Store};
 use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken, PurchaseMessage, Service};
 use rand::Rng;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 use uuid::Uuid;
 
 use self::context::{Bought, PurchaseScope};
 use self::heartbeat::with_heartbeat;
 use self::limits::{AccountLimiter, OfferingLocks};
 use crate::error::{PermanentKind, PurchaseError};
-use crate::executors::{Executor, PurchaseRequest, Purchased};
+use crate::executors::{Executor, How, PurchaseRequest, Purchased};
 use crate::metrics::Metrics;
 
 /// What to do with a delivery.
@@ -433,6 +433,24 @@ impl Handler {
                     .await;
                 self.retry_after_at_least(Duration::from_secs(1), "paused")
             }
+            Err(PurchaseError::Fenced(message)) => {
+                self.metrics
+                    .purchases
+                    .get_or_create(&labels("fenced"))
+                    .inc();
+                scope.close(Bought::Nothing).await;
+                warn!(%message, "offering lock not confirmed before the buy call; nothing bought, retrying without counting the attempt");
+                if let Err(e) = self
+                    .store
+                    .release_for_retry(&msg.token, claim_id, &message, true, false)
+                    .await
+                {
+                    // Postgres is likely out of reach: the retry takes over once the heartbeat is stale.
+                    warn!(error = %e, "could not release the item for retry");
+                    return self.retry_after_at_least(self.settings.stale_after, "fenced");
+                }
+                self.retry(0, "fenced")
+            }
             Err(PurchaseError::DryRun(message)) => {
                 self.metrics
                     .purchases
@@ -453,24 +471,31 @@ impl Handler {
         }
     }
 
-    /// Records the commitment and the item's success, retrying until Postgres takes it: the
-    /// commitment exists whatever Postgres says, so giving up would leave a bought item for
-    /// the reaper to mark failed. The heartbeat keeps the claim meanwhile; if this worker stays
-    /// cut off from Postgres long enough for its consume channel to close, a redelivered copy
-    /// finds the commitment through the guard (or this write lands first). A write that lands
-    /// after the reaper marked the item failed still makes it `succeeded`
-    /// (`Store::record_success` moves any status but `succeeded`).
+    /// Records the commitment and the item's success, retrying while Postgres is unreachable
+    /// (or cancels, deadlocks, shuts down): the commitment exists whatever Postgres says, so
+    /// giving up would leave a bought item for the reaper to mark failed. The heartbeat keeps
+    /// the claim meanwhile; if this worker stays cut off long enough for its consume channel to
+    /// close, a redelivered copy finds the commitment through the guard (or this write lands
+    /// first). A write that lands after the reaper marked the item failed still makes it
+    /// `succeeded` (`Store::record_success` moves any status but `succeeded`). An error that
+    /// would only repeat (a constraint, a bug) is tried [`RECORD_TRIES_ON_ERROR`] times.
     async fn record(
         &self,
         msg: &PurchaseMessage,
         claim_id: Uuid,
         purchased: &Purchased,
     ) -> Outcome {
+        let service = msg.recommendation.service;
         let recorded = Recorded {
             commitment_id: purchased.commitment_id.clone(),
             cost_usd: purchased.cost_usd,
             how: purchased.how.as_str(),
             tag_pending: purchased.tag_pending,
+            // Attributed by snapshot: the commitment carries nothing of this item's, so another
+            // item's recovery may have taken it while this record was delayed (a partition
+            // outlasting the offering lock's session).
+            exclusive: matches!(service, Service::Ec2 | Service::Redshift)
+                && purchased.how != How::Guard,
         };
         let write = async {
             let mut wait = Duration::from_millis(100);
@@ -481,12 +506,15 @@ impl Handler {
                         if failures > 0 {
                             info!(failures, "the delayed write of the purchase went through");
                         }
-                        return written;
+                        return Ok(written);
+                    }
+                    Err(e) if !e.is_retryable() && failures + 1 >= RECORD_TRIES_ON_ERROR => {
+                        return Err(e)
                     }
                     Err(e) => {
                         failures += 1;
                         if failures <= 3 || failures % 20 == 0 {
-                            warn!(error = %e, failures, retry_in = ?wait, commitment.id = %purchased.commitment_id, "bought, but recording failed; retrying the write until Postgres takes it");
+                            warn!(error = %e, failures, retry_in = ?wait, commitment.id = %purchased.commitment_id, "bought, but recording failed; retrying the write");
                         }
                         let jitter = rand::rng().random_range(0.5..=1.0);
                         tokio::time::sleep(wait.mul_f64(jitter)).await;
@@ -504,7 +532,7 @@ impl Handler {
         )
         .await;
         match written {
-            Cas::Applied(execution_id) => {
+            Ok(Recording::Recorded(execution_id)) => {
                 info!(
                     commitment.id = %purchased.commitment_id,
                     how = purchased.how.as_str(),
@@ -517,14 +545,42 @@ impl Handler {
                     note: purchased.how.as_str(),
                 }
             }
-            Cas::Conflict { .. } => Outcome::Done {
+            Ok(Recording::AlreadySucceeded) => Outcome::Done {
                 note: "already-succeeded",
             },
-            Cas::NotFound => {
+            Ok(Recording::NotFound) => {
                 warn!("bought, but the item row is gone; the commitment is in the provider only");
                 Outcome::Done {
                     note: "item-missing",
                 }
+            }
+            Ok(Recording::TakenBy(other)) => {
+                // Identical commitments of one offering are interchangeable: the other item
+                // keeps this one, and this item looks again — its retry finds its own
+                // purchase if there is one, else buys after the settle window.
+                warn!(
+                    commitment.id = %purchased.commitment_id,
+                    how = purchased.how.as_str(),
+                    taken_by = %other,
+                    "another item recorded this commitment as its own meanwhile; leaving it to that item and retrying this one as ambiguous"
+                );
+                let error = format!(
+                    "commitment {} was recorded for another item ({other}) while this attempt's record was delayed; looking again",
+                    purchased.commitment_id
+                );
+                if let Err(e) = self
+                    .store
+                    .release_for_retry(&msg.token, claim_id, &error, true, true)
+                    .await
+                {
+                    warn!(error = %e, "could not release the item for retry");
+                    return self.retry_after_at_least(self.settings.stale_after, "record-conflict");
+                }
+                self.retry(0, "record-conflict")
+            }
+            Err(e) => {
+                error!(error = %e, commitment.id = %purchased.commitment_id, "bought, but recording failed for good; the item stays running for a redelivery, whose guard finds the commitment");
+                self.retry_after_at_least(self.settings.stale_after, "record-failed")
             }
         }
     }
@@ -562,6 +618,8 @@ impl Handler {
 
 /// The longest pause between two tries of recording a purchase.
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Tries of a record whose error would only repeat (not a connection problem).
+const RECORD_TRIES_ON_ERROR: u32 = 5;
 
 /// Counts one purchase in the `in_flight` gauge for as long as it lives, so a panicking
 /// executor does not leave the gauge one too high.

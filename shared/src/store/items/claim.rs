@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{item_cas, secs, ItemStatus, ITEM_STATUS};
 use crate::envelope::PurchaseMessage;
 use crate::ids::ExecutionId;
-use crate::store::{cas_miss, Cas, Store, StoreError, StoreResult};
+use crate::store::{cas_miss, parsed_opt, Cas, Store, StoreError, StoreResult};
 use crate::token::IdempotencyToken;
 
 /// What the claim step decided about a message (DESIGN §4: "a worker buys only what Postgres
@@ -58,6 +58,24 @@ pub struct Recorded {
     pub how: &'static str,
     /// The token tag could not be written (EC2); the reaper retries it.
     pub tag_pending: bool,
+    /// Refuse when another item's ledger row already holds this commitment ID: for a
+    /// commitment attributed by snapshot (EC2, Redshift), where a delayed record could
+    /// otherwise meet another item's recovery of the same commitment.
+    pub exclusive: bool,
+}
+
+/// What [`Store::record_success`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recording {
+    /// The item is `succeeded` now; its execution.
+    Recorded(ExecutionId),
+    /// It was `succeeded` already (another delivery recorded it first).
+    AlreadySucceeded,
+    /// No such item.
+    NotFound,
+    /// Nothing written ([`Recorded::exclusive`]): another item holds the commitment in the
+    /// ledger. Its token, masked.
+    TakenBy(String),
 }
 
 impl Store {
@@ -200,34 +218,44 @@ impl Store {
     /// (the token is the key, so a second record is a no-op) and moves the item
     /// `any status except succeeded → succeeded`, in one statement. Any status is allowed on
     /// purpose: the money is spent, so Postgres must say so even if the reaper or an operator
-    /// moved the item meanwhile. Returns the execution ID when the item changed.
+    /// moved the item meanwhile. With [`Recorded::exclusive`], nothing is written when another
+    /// token's ledger row has the same commitment ID (an index lookup on
+    /// `commitments_commitment_id`).
     #[tracing::instrument(skip_all, fields(token = %token, commitment.id = %recorded.commitment_id))]
     pub async fn record_success(
         &self,
         token: &IdempotencyToken,
         recorded: &Recorded,
-    ) -> StoreResult<Cas<ExecutionId>> {
+    ) -> StoreResult<Recording> {
         let client = self.conn("record_success").await?;
         let stmt = client
             .prepare_cached(
-                "WITH c AS (
+                "WITH other AS (
+                     SELECT token FROM commitments
+                      WHERE $6 AND commitment_id = $2 AND token <> $1
+                      LIMIT 1
+                 ), c AS (
                      INSERT INTO commitments (token, execution_id, rec_index, provider, service,
                                               account, region, commitment_id, cost_usd, how)
                      SELECT token, execution_id, rec_index, provider, service, account, region,
                             $2, $3::float8::numeric, $4
-                       FROM purchase_items WHERE token = $1
+                       FROM purchase_items
+                      WHERE token = $1 AND NOT EXISTS (SELECT 1 FROM other)
                      ON CONFLICT (token) DO NOTHING
+                 ), u AS (
+                     UPDATE purchase_items
+                        SET status = 'succeeded', commitment_id = $2,
+                            cost_usd = $3::float8::numeric, error = NULL, heartbeat_at = NULL,
+                            claim_id = NULL, tag_pending = $5, updated_at = now()
+                      WHERE token = $1 AND status <> 'succeeded'
+                        AND NOT EXISTS (SELECT 1 FROM other)
+                  RETURNING execution_id
                  )
-                 UPDATE purchase_items
-                    SET status = 'succeeded', commitment_id = $2, cost_usd = $3::float8::numeric,
-                        error = NULL, heartbeat_at = NULL, claim_id = NULL, tag_pending = $5,
-                        updated_at = now()
-                  WHERE token = $1 AND status <> 'succeeded'
-              RETURNING execution_id",
+                 SELECT (SELECT execution_id FROM u), (SELECT token FROM other)",
             )
             .await?;
-        let rows = client
-            .query(
+        let row = client
+            .query_one(
                 &stmt,
                 &[
                     &token.as_str(),
@@ -235,10 +263,22 @@ impl Store {
                     &recorded.cost_usd,
                     &recorded.how,
                     &recorded.tag_pending,
+                    &recorded.exclusive,
                 ],
             )
             .await?;
-        item_cas(&client, &rows, token).await
+        if let Some(execution) = parsed_opt(&row, 0, ExecutionId::parse)? {
+            return Ok(Recording::Recorded(execution));
+        }
+        if let Some(other) = parsed_opt(&row, 1, IdempotencyToken::parse)? {
+            return Ok(Recording::TakenBy(other.mask()));
+        }
+        Ok(
+            match cas_miss::<()>(&client, ITEM_STATUS, token.as_str()).await? {
+                Cas::NotFound => Recording::NotFound,
+                _ => Recording::AlreadySucceeded,
+            },
+        )
     }
 
     /// After a transient failure: `running (our claim) → queued`, keeping the error, so the

@@ -29,7 +29,7 @@ use crate::envelope::PurchaseMessage;
 use crate::ids::{ExecutionId, LineageKey, RecIndex};
 use crate::token::IdempotencyToken;
 
-pub use claim::{Claim, Recorded};
+pub use claim::{Claim, Recorded, Recording};
 pub(crate) use transitions::mark_dead_in;
 pub use transitions::ItemDeath;
 
