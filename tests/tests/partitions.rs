@@ -21,9 +21,9 @@ use buyonce_tests::harness::{
     execution, recommendation, signal, wait_for, SERVICES, TEST_VISIBILITY_DELAY,
 };
 use buyonce_tests::nodes::{
-    free_port, postgres_bin_dir, process_env_with, spawn_binary, spawn_binary_in, wait_exit,
-    with_search_path, world_on, KillOnDrop, Mode, NetNs, PgCluster, PgOptions, RabbitNode,
-    RabbitOptions, Target,
+    free_port, log_events, postgres_bin_dir, process_env_with, spawn_binary, spawn_binary_in,
+    wait_exit, with_search_path, world_on, KillOnDrop, Mode, NetNs, PgCluster, PgOptions,
+    RabbitNode, RabbitOptions, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -674,13 +674,17 @@ async fn count(
     client.query_one(sql, params).await.expect(sql).get(0)
 }
 
-/// The HTTP status of a GET, `None` when nothing answers within 3 s.
-async fn http_status(url: &str) -> Option<u16> {
-    let client = reqwest::Client::builder()
+/// An HTTP client for the victim's probes, which give up after 3 s.
+fn probe_client() -> Option<reqwest::Client> {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
-        .ok()?;
-    client
+        .ok()
+}
+
+/// The HTTP status of a GET, `None` when nothing answers within 3 s.
+async fn http_status(url: &str) -> Option<u16> {
+    probe_client()?
         .get(url)
         .send()
         .await
@@ -690,11 +694,14 @@ async fn http_status(url: &str) -> Option<u16> {
 
 /// The value of an unlabelled gauge on a `/metrics` page.
 async fn scrape_gauge(url: &str, name: &str) -> Option<f64> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
+    let text = probe_client()?
+        .get(url)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
         .ok()?;
-    let text = client.get(url).send().await.ok()?.text().await.ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -753,10 +760,7 @@ async fn victim_unacked(rabbit: &RabbitNode, ip: IpAddr) -> Option<u64> {
 /// with how often it came.
 fn story(log: &Path) -> String {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for event in read(log)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    {
+    for event in log_events(log) {
         let level = event["level"].as_str().unwrap_or_default();
         let message = event["message"].as_str().unwrap_or_default();
         let transition = ["Postgres answers again", "consuming"].contains(&message);
@@ -773,9 +777,8 @@ fn story(log: &Path) -> String {
 
 /// How many of the JSON log lines in `log` have `message` as their message.
 fn count_events(log: &Path, message: &str) -> usize {
-    read(log)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    log_events(log)
+        .iter()
         .filter(|v| v["message"].as_str() == Some(message))
         .count()
 }

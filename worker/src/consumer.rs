@@ -159,11 +159,7 @@ impl Consumer {
             if !database.is_up() {
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => {
-                        self.drain(tracker, drain).await;
-                        let _ = conn.close(200, "shutdown".into()).await;
-                        return Ok(());
-                    }
+                    _ = shutdown.cancelled() => return self.stop(&conn, tracker, drain).await,
                     _ = database.up() => {}
                 }
             }
@@ -187,9 +183,7 @@ impl Consumer {
                     let _ = channel
                         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                         .await;
-                    self.drain(tracker, drain).await;
-                    let _ = conn.close(200, "shutdown".into()).await;
-                    return Ok(());
+                    return self.stop(&conn, tracker, drain).await;
                 }
                 Stop::DatabaseDown => {
                     // Closing the channel returns every unacked delivery to the queue — the
@@ -301,8 +295,14 @@ impl Consumer {
         }
     }
 
-    /// Waits for in-flight purchases until the one shutdown deadline.
-    async fn drain(&self, tracker: &TaskTracker, drain: &Drain) {
+    /// Shutdown: waits for in-flight purchases until the one shutdown deadline (their acks
+    /// still go out on `conn`), then closes the connection.
+    async fn stop(
+        &self,
+        conn: &lapin::Connection,
+        tracker: &TaskTracker,
+        drain: &Drain,
+    ) -> anyhow::Result<()> {
         tracker.close();
         if !drain.wait(tracker).await {
             warn!(
@@ -310,6 +310,8 @@ impl Consumer {
                 "shutdown grace over with purchases in flight"
             );
         }
+        let _ = conn.close(200, "shutdown".into()).await;
+        Ok(())
     }
 }
 

@@ -54,26 +54,19 @@ impl StoreError {
             StoreError::Invalid(_) => false,
         }
     }
-}
 
-impl StoreError {
-    /// Whether the same statement may succeed later unchanged: Postgres unreachable, or the
-    /// statement cancelled (statement timeout), a serialization failure or deadlock, the server
-    /// shutting down or short of resources (SQLSTATE classes 08, 40, 53, 57). Not a constraint
-    /// violation or a bug, which fail again every time.
+    /// Whether the same statement may succeed later unchanged: Postgres unreachable
+    /// ([`StoreError::is_unavailable`]), or the statement cancelled (statement timeout), a
+    /// serialization failure or deadlock, the server shutting down or short of resources
+    /// (SQLSTATE classes 08, 40, 53, 57). Not a constraint violation or a bug, which fail again
+    /// every time.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            StoreError::Pool(_) => true,
-            StoreError::Db(_, e) => {
-                crate::db::is_connection_error(e)
-                    || e.code().is_some_and(|code| {
-                        ["08", "40", "53", "57"]
-                            .iter()
-                            .any(|class| code.code().starts_with(class))
-                    })
-            }
-            StoreError::Invalid(_) => false,
-        }
+        self.is_unavailable()
+            || matches!(self, StoreError::Db(_, e) if e.code().is_some_and(|code| {
+                ["08", "40", "53", "57"]
+                    .iter()
+                    .any(|class| code.code().starts_with(class))
+            }))
     }
 }
 

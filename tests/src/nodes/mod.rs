@@ -40,7 +40,8 @@ use buyonce_fakecloud::{FakeCloud, FakeCloudConfig};
 pub use netns::{remove_leftovers, Mode, NetNs, Target};
 pub use postgres::{postgres_bin_dir, PgCluster, PgOptions};
 pub use process::{
-    find_log_event, process_env_with, spawn_binary, spawn_binary_in, wait_exit, KillOnDrop,
+    find_log_event, log_events, process_env_with, spawn_binary, spawn_binary_in, wait_exit,
+    KillOnDrop,
 };
 pub use rabbitmq::{rabbitmq_sbin_dir, RabbitNode, RabbitOptions};
 

@@ -263,7 +263,7 @@ impl PgCluster {
     /// `postgres://postgres@127.0.0.1:PORT/<db>`: the superuser over TCP (no password; with
     /// [`PgOptions::password_auth`] use [`PgCluster::url_as`] with a role of your own).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        self.url_on(std::net::Ipv4Addr::LOCALHOST.into(), db)
     }
 
     /// `postgres://postgres@HOST:PORT/<db>`: [`PgCluster::url`] on another address the

@@ -133,9 +133,16 @@ pub async fn wait_exit(
 
 /// The first JSON log line in `log` whose `message` is `message`, as a JSON object.
 pub fn find_log_event(log: &Path, message: &str) -> Option<serde_json::Value> {
+    log_events(log)
+        .into_iter()
+        .find(|v| v["message"].as_str() == Some(message))
+}
+
+/// Every JSON log line in `log` (a missing file has none; other lines are skipped).
+pub fn log_events(log: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["message"].as_str() == Some(message))
+        .collect()
 }

@@ -297,14 +297,7 @@ impl RabbitNode {
 
     /// `amqp://user:password@127.0.0.1:PORT/%2f` (panics on a TLS-only node).
     pub fn amqp_url(&self) -> String {
-        let port = self
-            .port
-            .expect("the node has no plain listener (tls_only)");
-        format!(
-            "amqp://{}:{}@127.0.0.1:{port}/%2f",
-            url_encode(&self.options.user),
-            url_encode(&self.options.password)
-        )
+        self.amqp_url_on(std::net::Ipv4Addr::LOCALHOST.into())
     }
 
     /// `amqp://user:password@HOST:PORT/%2f`: [`RabbitNode::amqp_url`] on

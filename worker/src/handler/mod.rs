@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use buyonce_shared::store::items::{Claim, Recorded, Recording};
-use buyonce_shared::store::{Cas, ItemStatus, Store};
+use buyonce_shared::store::{Cas, ItemStatus, Store, StoreResult};
 use buyonce_shared::{DeadLetterReason, ExecutionId, IdempotencyToken, PurchaseMessage, Service};
 use rand::Rng;
 use tracing::{debug, error, info, warn, Instrument};
@@ -146,6 +146,22 @@ impl Handler {
             after: delays.get(level).copied().unwrap_or(min).max(min),
             reason,
         }
+    }
+
+    /// The retry after `release_for_retry`: at `level` once the item is back in the queue; when
+    /// the release failed (Postgres out of reach), the item stays running with this claim and
+    /// the message comes back once the heartbeat is stale, when the retry may take it over.
+    fn retry_released(
+        &self,
+        released: StoreResult<Cas<()>>,
+        level: usize,
+        reason: &'static str,
+    ) -> Outcome {
+        if let Err(e) = released {
+            warn!(error = %e, "could not release the item for retry");
+            return self.retry_after_at_least(self.settings.stale_after, reason);
+        }
+        self.retry(level, reason)
     }
 
     /// Handles one message body.
@@ -342,16 +358,11 @@ impl Handler {
                 } else {
                     warn!(attempt = attempts, %error, "transient failure; will retry");
                 }
-                if let Err(e) = self
+                let released = self
                     .store
                     .release_for_retry(&msg.token, claim_id, &error, false, ambiguous)
-                    .await
-                {
-                    // The item stays running; the retry takes it over once the heartbeat is stale.
-                    warn!(error = %e, "could not release the item for retry");
-                    return self.retry_after_at_least(self.settings.stale_after, "transient");
-                }
-                self.retry((attempts.max(1) - 1) as usize, "transient")
+                    .await;
+                self.retry_released(released, (attempts.max(1) - 1) as usize, "transient")
             }
             Err(PurchaseError::Permanent { kind, message }) => {
                 self.metrics
@@ -440,16 +451,11 @@ impl Handler {
                     .inc();
                 scope.close(Bought::Nothing).await;
                 warn!(%message, "offering lock not confirmed before the buy call; nothing bought, retrying without counting the attempt");
-                if let Err(e) = self
+                let released = self
                     .store
                     .release_for_retry(&msg.token, claim_id, &message, true, false)
-                    .await
-                {
-                    // Postgres is likely out of reach: the retry takes over once the heartbeat is stale.
-                    warn!(error = %e, "could not release the item for retry");
-                    return self.retry_after_at_least(self.settings.stale_after, "fenced");
-                }
-                self.retry(0, "fenced")
+                    .await;
+                self.retry_released(released, 0, "fenced")
             }
             Err(PurchaseError::DryRun(message)) => {
                 self.metrics
@@ -568,15 +574,11 @@ impl Handler {
                     "commitment {} was recorded for another item ({other}) while this attempt's record was delayed; looking again",
                     purchased.commitment_id
                 );
-                if let Err(e) = self
+                let released = self
                     .store
                     .release_for_retry(&msg.token, claim_id, &error, true, true)
-                    .await
-                {
-                    warn!(error = %e, "could not release the item for retry");
-                    return self.retry_after_at_least(self.settings.stale_after, "record-conflict");
-                }
-                self.retry(0, "record-conflict")
+                    .await;
+                self.retry_released(released, 0, "record-conflict")
             }
             Err(e) => {
                 error!(error = %e, commitment.id = %purchased.commitment_id, "bought, but recording failed for good; the item stays running for a redelivery, whose guard finds the commitment");
