@@ -8,12 +8,14 @@
 //! submission's publish may duplicate a message, which is harmless: the worker claims the item
 //! in Postgres by its token.
 
+use std::collections::HashSet;
+
 use buyonce_shared::amqp::Publisher;
 use buyonce_shared::document::DocumentError;
 use buyonce_shared::relay::{publish_items, PublishFailure};
 use buyonce_shared::store::executions::Submitted;
 use buyonce_shared::store::{Cas, ItemRow, ItemStatus, Store, StoreError};
-use buyonce_shared::{ExecutionDocument, ExecutionId, LineageKey};
+use buyonce_shared::{ExecutionDocument, ExecutionId, IdempotencyToken, LineageKey};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, info, warn};
@@ -174,10 +176,12 @@ pub async fn publish(
     for f in &outcome.failed {
         warn!(item.rec_index = f.rec_index.get(), token = %f.token, error = %f.error, "message not published");
     }
+    // A set: a 10,000-item execution made `Vec::contains` 10⁸ comparisons.
+    let published: HashSet<&IdempotencyToken> = outcome.published.iter().collect();
     let items: Vec<ItemSummary> = recorded
         .items
         .iter()
-        .map(|i| summary(i, outcome.published.contains(&i.token)))
+        .map(|i| summary(i, published.contains(&i.token)))
         .collect();
     let report = SubmitReport {
         execution_id: recorded.execution_id.to_string(),

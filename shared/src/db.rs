@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ambiguous_purchases",
         include_str!("../migrations/0004_ambiguous_purchases.sql"),
     ),
+    (
+        5,
+        "plan_stable_indexes",
+        include_str!("../migrations/0005_plan_stable_indexes.sql"),
+    ),
 ];
 
 /// TLS requirement parsed from the URL's `sslmode`.

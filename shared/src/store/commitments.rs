@@ -60,7 +60,8 @@ impl Store {
     }
 
     /// Which of `commitment_ids` are in the ledger under another token (EC2/Redshift
-    /// attribution: a commitment is never recovered by two items).
+    /// attribution: a commitment is never recovered by two items), each at most once per
+    /// time it is asked for.
     pub async fn attributed_among(
         &self,
         commitment_ids: &[String],
@@ -70,12 +71,20 @@ impl Store {
             return Ok(Vec::new());
         }
         let client = self.conn("attributed_among").await?;
+        let stmt = client.prepare_cached(ATTRIBUTED_AMONG_SQL).await?;
         let rows = client
-            .query(
-                "SELECT commitment_id FROM commitments WHERE commitment_id = ANY($1) AND token <> $2",
-                &[&commitment_ids, &token.as_str()],
-            )
+            .query(&stmt, &[&commitment_ids, &token.as_str()])
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }
+
+/// Which of `$1` a ledger row holds under another token than `$2`
+/// ([`Store::attributed_among`]). One index probe per ID: as a generic plan,
+/// `commitment_id = ANY($1)` does not know the array's length, and without statistics it
+/// scanned the whole ledger (`shared/tests/plans.rs`); a `LIMIT` in the lateral subquery
+/// keeps it a nested loop of `commitments_commitment_id` lookups.
+pub(crate) const ATTRIBUTED_AMONG_SQL: &str = "SELECT c.commitment_id
+       FROM unnest($1::text[]) AS wanted (id),
+            LATERAL (SELECT commitment_id FROM commitments
+                      WHERE commitment_id = wanted.id AND token <> $2 LIMIT 1) c";

@@ -272,19 +272,14 @@ impl Store {
         execution_id: &ExecutionId,
     ) -> StoreResult<Option<ExecutionStatus>> {
         let client = self.conn("finish_execution_if_done").await?;
-        // The cheap question first (the partial index on live items answers it); the
-        // aggregate below reads every item of the execution, so it must run once at the end,
-        // not after every item (that made big executions quadratic).
-        let live = client
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM purchase_items
-                                 WHERE execution_id = $1 AND status IN ('queued', 'running'))",
-            )
-            .await?;
+        // The cheap question first; the aggregate below reads every item of the execution,
+        // so it must run once at the end, not after every item (that made big executions
+        // quadratic).
+        let live = client.prepare_cached(LIVE_ITEM_SQL).await?;
         if client
-            .query_one(&live, &[&execution_id.as_str()])
+            .query_opt(&live, &[&execution_id.as_str()])
             .await?
-            .try_get::<_, bool>(0)?
+            .is_some()
         {
             return Ok(None);
         }
@@ -300,12 +295,12 @@ impl Store {
                                      THEN 'partially_completed'
                                      ELSE 'failed' END AS status,
                                 count(*) FILTER (WHERE status <> 'succeeded') AS failed,
+                                count(*) FILTER (WHERE status IN ('queued', 'running')) AS live,
                                 count(*) AS total
                            FROM purchase_items WHERE execution_id = $1) agg
                   WHERE e.execution_id = $1
                     AND e.status IN ('approved', 'running')
-                    AND NOT EXISTS (SELECT 1 FROM purchase_items
-                                     WHERE execution_id = $1 AND status IN ('queued', 'running'))
+                    AND agg.live = 0
               RETURNING e.status",
             )
             .await?;
@@ -466,6 +461,15 @@ impl Store {
 
 /// An execution's status, for [`cas_miss`].
 const EXECUTION_STATUS: &str = "SELECT status FROM executions WHERE execution_id = $1";
+
+/// One live (`queued|running`) item of the execution, if any: the first entry of the
+/// execution in `purchase_items_live`, whose key is `(execution_id, rec_index)`. The
+/// `ORDER BY … LIMIT 1` on the index's key keeps the plan an index probe with or without
+/// statistics; an `EXISTS` over the execution's rows became a sequential scan once the
+/// table had them (`shared/tests/plans.rs`).
+pub(crate) const LIVE_ITEM_SQL: &str = "SELECT rec_index FROM purchase_items
+      WHERE execution_id = $1 AND status IN ('queued', 'running')
+      ORDER BY execution_id, rec_index LIMIT 1";
 
 async fn execution_on(
     client: &Client,

@@ -56,9 +56,8 @@ impl Store {
     pub async fn try_advisory_lock(&self, name: LockName<'_>) -> StoreResult<Option<AdvisoryLock>> {
         let object = self.pool.get().await?;
         let parts = name.parts();
-        let row = object
-            .query_one(TRY_LOCK_SQL, &[&parts.0, &parts.1])
-            .await?;
+        let stmt = object.prepare_cached(TRY_LOCK_SQL).await?;
+        let row = object.query_one(&stmt, &[&parts.0, &parts.1]).await?;
         if !row.try_get::<_, bool>(0)? {
             return Ok(None);
         }
@@ -90,7 +89,8 @@ impl AdvisoryLock {
             .conn
             .as_ref()
             .ok_or_else(|| super::StoreError::Invalid("advisory lock already released".into()))?;
-        Ok(conn.query_one(HELD_SQL, &[]).await?.try_get(0)?)
+        let stmt = conn.prepare_cached(HELD_SQL).await?;
+        Ok(conn.query_one(&stmt, &[]).await?.try_get(0)?)
     }
 
     /// Unlocks; the connection goes back to the pool only if the unlock ran.
@@ -102,11 +102,11 @@ impl AdvisoryLock {
 }
 
 async fn unlock(conn: Object, parts: &(&'static str, String)) {
-    if conn
-        .query_one(UNLOCK_SQL, &[&parts.0, &parts.1])
-        .await
-        .is_err()
-    {
+    let unlocked = match conn.prepare_cached(UNLOCK_SQL).await {
+        Ok(stmt) => conn.query_one(&stmt, &[&parts.0, &parts.1]).await.is_ok(),
+        Err(_) => false,
+    };
+    if !unlocked {
         let _ = Object::take(conn);
     }
 }

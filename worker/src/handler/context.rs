@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use buyonce_shared::store::control::Reservation;
+use buyonce_shared::store::items::BuyCheck;
 use buyonce_shared::store::Store;
 use buyonce_shared::{IdempotencyToken, Recommendation};
 use chrono::{DateTime, Utc};
@@ -100,29 +101,25 @@ impl PurchaseContext for PurchaseScope<'_> {
                 "{what} for ${upfront_usd:.2} upfront"
             )));
         }
-        // The brake is checked again right before the buy call, not only at the claim.
-        match self.store.pause_state().await {
-            Ok(p) if p.paused => return Err(PurchaseError::Paused),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(PurchaseError::transient(format!(
-                    "cannot read the pause flag: {e}"
-                )))
-            }
-        }
-        // Still this attempt's item: a worker that stalled after its claim (a Postgres outage,
-        // a long pause) may have been taken over, and the new owner buys. Not every provider
+        // The brake is checked again right before the buy call, not only at the claim, and
+        // so is the claim itself: a worker that stalled after its claim (a Postgres outage, a
+        // long pause) may have been taken over, and the new owner buys. Not every provider
         // refuses a second purchase under the token's handle (OpenSearch does not), so a stale
         // owner must not reach its buy call. What remains — a takeover between this check and
         // the call — the new owner's settle window covers (a takeover marks the item ambiguous).
-        match self.store.heartbeat(self.token, self.claim_id).await {
-            Ok(true) => {}
-            Ok(false) => return Err(PurchaseError::transient(
+        match self
+            .store
+            .confirm_before_buy(self.token, self.claim_id)
+            .await
+        {
+            Ok(BuyCheck::Go) => {}
+            Ok(BuyCheck::Paused) => return Err(PurchaseError::Paused),
+            Ok(BuyCheck::ClaimLost) => return Err(PurchaseError::transient(
                 "lost the claim to another worker before buying; not buying (the new owner buys)",
             )),
             Err(e) => {
                 return Err(PurchaseError::transient(format!(
-                    "cannot confirm the claim, not buying: {e}"
+                    "cannot read the pause flag or confirm the claim, not buying: {e}"
                 )))
             }
         }

@@ -64,6 +64,17 @@ pub struct Recorded {
     pub exclusive: bool,
 }
 
+/// What [`Store::confirm_before_buy`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuyCheck {
+    /// Not paused, and the heartbeat was refreshed under our claim: buy.
+    Go,
+    /// The fleet is paused (the heartbeat was left alone).
+    Paused,
+    /// The item is no longer running under our claim (another worker took it over).
+    ClaimLost,
+}
+
 /// What [`Store::record_success`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recording {
@@ -89,29 +100,7 @@ impl Store {
         let claim_id = Uuid::new_v4();
         let recommendation = serde_json::to_value(&msg.recommendation)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE purchase_items i
-                    SET status = 'running', attempts = i.attempts + 1, claim_id = $4,
-                        heartbeat_at = now(), updated_at = now(),
-                        -- Taking over from an owner that stopped heartbeating: it may have died
-                        -- inside the purchase call (right-hand sides read the old row).
-                        ambiguous_at = CASE WHEN i.status = 'running' THEN now()
-                                            ELSE i.ambiguous_at END
-                   FROM executions e
-                  WHERE i.execution_id = $1 AND i.rec_index = $2
-                    AND e.execution_id = i.execution_id
-                    AND i.token = $3
-                    AND i.recommendation = $5::jsonb
-                    AND e.status <> 'cancelled'
-                    AND (i.status = 'queued'
-                         OR (i.status = 'running'
-                             AND (i.heartbeat_at IS NULL
-                                  OR i.heartbeat_at < now() - make_interval(secs => $6))))
-                    AND NOT (SELECT paused FROM fleet_control)
-              RETURNING i.attempts, i.provider_state, i.ambiguous_at",
-            )
-            .await?;
+        let stmt = client.prepare_cached(CLAIM_SQL).await?;
         let rows = client
             .query(
                 &stmt,
@@ -134,14 +123,10 @@ impl Store {
             });
         }
         // Nothing matched: find out why (advisory; the row may move again meanwhile).
+        let why = client.prepare_cached(CLAIM_MISS_SQL).await?;
         let row = client
             .query_opt(
-                "SELECT i.status, i.token, i.recommendation = $3::jsonb, e.status,
-                        i.heartbeat_at IS NOT NULL
-                            AND i.heartbeat_at >= now() - make_interval(secs => $4),
-                        (SELECT paused FROM fleet_control), i.commitment_id
-                   FROM purchase_items i JOIN executions e USING (execution_id)
-                  WHERE i.execution_id = $1 AND i.rec_index = $2",
+                &why,
                 &[
                     &msg.execution_id.as_str(),
                     &msg.rec_index.as_i32(),
@@ -183,14 +168,31 @@ impl Store {
     /// item moved on or another worker took it over).
     pub async fn heartbeat(&self, token: &IdempotencyToken, claim_id: Uuid) -> StoreResult<bool> {
         let client = self.conn("heartbeat").await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE purchase_items SET heartbeat_at = now()
-                  WHERE token = $1 AND status = 'running' AND claim_id = $2",
-            )
-            .await?;
+        let stmt = client.prepare_cached(HEARTBEAT_SQL).await?;
         let n = client.execute(&stmt, &[&token.as_str(), &claim_id]).await?;
         Ok(n == 1)
+    }
+
+    /// Right before a buy call: is the fleet still unpaused, and is the item still ours? When
+    /// it is not paused, refreshes the heartbeat under our claim. One statement and one round
+    /// trip for what were two (a pause read, then a heartbeat).
+    pub async fn confirm_before_buy(
+        &self,
+        token: &IdempotencyToken,
+        claim_id: Uuid,
+    ) -> StoreResult<BuyCheck> {
+        let client = self.conn("confirm_before_buy").await?;
+        let stmt = client.prepare_cached(CONFIRM_BEFORE_BUY_SQL).await?;
+        let row = client
+            .query_one(&stmt, &[&token.as_str(), &claim_id])
+            .await?;
+        Ok(if row.try_get::<_, bool>(0)? {
+            BuyCheck::Paused
+        } else if row.try_get::<_, bool>(1)? {
+            BuyCheck::Go
+        } else {
+            BuyCheck::ClaimLost
+        })
     }
 
     /// Saves executor intent (Azure order ID, Redshift snapshot) before the purchase call, on
@@ -202,12 +204,7 @@ impl Store {
         state: &Value,
     ) -> StoreResult<bool> {
         let client = self.conn("set_provider_state").await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE purchase_items SET provider_state = $3, updated_at = now()
-                  WHERE token = $1 AND status = 'running' AND claim_id = $2",
-            )
-            .await?;
+        let stmt = client.prepare_cached(SET_PROVIDER_STATE_SQL).await?;
         let n = client
             .execute(&stmt, &[&token.as_str(), &claim_id, state])
             .await?;
@@ -228,32 +225,7 @@ impl Store {
         recorded: &Recorded,
     ) -> StoreResult<Recording> {
         let client = self.conn("record_success").await?;
-        let stmt = client
-            .prepare_cached(
-                "WITH other AS (
-                     SELECT token FROM commitments
-                      WHERE $6 AND commitment_id = $2 AND token <> $1
-                      LIMIT 1
-                 ), c AS (
-                     INSERT INTO commitments (token, execution_id, rec_index, provider, service,
-                                              account, region, commitment_id, cost_usd, how)
-                     SELECT token, execution_id, rec_index, provider, service, account, region,
-                            $2, $3::float8::numeric, $4
-                       FROM purchase_items
-                      WHERE token = $1 AND NOT EXISTS (SELECT 1 FROM other)
-                     ON CONFLICT (token) DO NOTHING
-                 ), u AS (
-                     UPDATE purchase_items
-                        SET status = 'succeeded', commitment_id = $2,
-                            cost_usd = $3::float8::numeric, error = NULL, heartbeat_at = NULL,
-                            claim_id = NULL, tag_pending = $5, updated_at = now()
-                      WHERE token = $1 AND status <> 'succeeded'
-                        AND NOT EXISTS (SELECT 1 FROM other)
-                  RETURNING execution_id
-                 )
-                 SELECT (SELECT execution_id FROM u), (SELECT token FROM other)",
-            )
-            .await?;
+        let stmt = client.prepare_cached(RECORD_SUCCESS_SQL).await?;
         let row = client
             .query_one(
                 &stmt,
@@ -294,14 +266,10 @@ impl Store {
         ambiguous: bool,
     ) -> StoreResult<Cas<()>> {
         let client = self.conn("release_for_retry").await?;
+        let stmt = client.prepare_cached(RELEASE_FOR_RETRY_SQL).await?;
         let n = client
             .execute(
-                "UPDATE purchase_items
-                    SET status = 'queued', error = $3, heartbeat_at = NULL, claim_id = NULL,
-                        attempts = CASE WHEN $4 THEN greatest(attempts - 1, 0) ELSE attempts END,
-                        ambiguous_at = CASE WHEN $5 THEN now() ELSE ambiguous_at END,
-                        updated_at = now()
-                  WHERE token = $1 AND status = 'running' AND claim_id = $2",
+                &stmt,
                 &[&token.as_str(), &claim_id, &error, &uncount, &ambiguous],
             )
             .await?;
@@ -325,14 +293,10 @@ impl Store {
     ) -> StoreResult<Cas<ExecutionId>> {
         debug_assert!(matches!(status, ItemStatus::Failed | ItemStatus::Dead));
         let client = self.conn("finish_unsuccessful").await?;
+        let stmt = client.prepare_cached(FINISH_UNSUCCESSFUL_SQL).await?;
         let rows = client
             .query(
-                "UPDATE purchase_items
-                    SET status = $3, error = $4, heartbeat_at = NULL, claim_id = NULL,
-                        ambiguous_at = CASE WHEN $5 THEN now() ELSE ambiguous_at END,
-                        updated_at = now()
-                  WHERE token = $1 AND status = 'running' AND claim_id = $2
-              RETURNING execution_id",
+                &stmt,
                 &[
                     &token.as_str(),
                     &claim_id,
@@ -345,3 +309,95 @@ impl Store {
         item_cas(&client, &rows, token).await
     }
 }
+
+// The statements, named so that `shared/tests/plans.rs` EXPLAINs exactly these.
+
+/// The claim: authorises and takes the item in one statement ([`Store::claim`]).
+pub(crate) const CLAIM_SQL: &str = "UPDATE purchase_items i
+           SET status = 'running', attempts = i.attempts + 1, claim_id = $4,
+               heartbeat_at = now(), updated_at = now(),
+               -- Taking over from an owner that stopped heartbeating: it may have died
+               -- inside the purchase call (right-hand sides read the old row).
+               ambiguous_at = CASE WHEN i.status = 'running' THEN now()
+                                   ELSE i.ambiguous_at END
+          FROM executions e
+         WHERE i.execution_id = $1 AND i.rec_index = $2
+           AND e.execution_id = i.execution_id
+           AND i.token = $3
+           AND i.recommendation = $5::jsonb
+           AND e.status <> 'cancelled'
+           AND (i.status = 'queued'
+                OR (i.status = 'running'
+                    AND (i.heartbeat_at IS NULL
+                         OR i.heartbeat_at < now() - make_interval(secs => $6))))
+           AND NOT (SELECT paused FROM fleet_control)
+     RETURNING i.attempts, i.provider_state, i.ambiguous_at";
+
+/// Why a claim matched nothing (advisory).
+pub(crate) const CLAIM_MISS_SQL: &str =
+    "SELECT i.status, i.token, i.recommendation = $3::jsonb, e.status,
+           i.heartbeat_at IS NOT NULL
+               AND i.heartbeat_at >= now() - make_interval(secs => $4),
+           (SELECT paused FROM fleet_control), i.commitment_id
+      FROM purchase_items i JOIN executions e USING (execution_id)
+     WHERE i.execution_id = $1 AND i.rec_index = $2";
+
+/// A heartbeat of a running item we own ([`Store::heartbeat`]).
+pub(crate) const HEARTBEAT_SQL: &str = "UPDATE purchase_items SET heartbeat_at = now()
+     WHERE token = $1 AND status = 'running' AND claim_id = $2";
+
+/// The pause flag and a fenced heartbeat in one snapshot ([`Store::confirm_before_buy`]).
+pub(crate) const CONFIRM_BEFORE_BUY_SQL: &str = "WITH brake AS (
+         SELECT paused FROM fleet_control WHERE id
+     ), beat AS (
+         UPDATE purchase_items SET heartbeat_at = now()
+          WHERE token = $1 AND status = 'running' AND claim_id = $2
+            AND NOT (SELECT paused FROM brake)
+      RETURNING 1
+     )
+     SELECT (SELECT paused FROM brake), EXISTS (SELECT 1 FROM beat)";
+
+/// Saves executor intent on the item we own ([`Store::set_provider_state`]).
+pub(crate) const SET_PROVIDER_STATE_SQL: &str =
+    "UPDATE purchase_items SET provider_state = $3, updated_at = now()
+     WHERE token = $1 AND status = 'running' AND claim_id = $2";
+
+/// Ledger insert and `→ succeeded` in one statement ([`Store::record_success`]).
+pub(crate) const RECORD_SUCCESS_SQL: &str = "WITH other AS (
+         SELECT token FROM commitments
+          WHERE $6 AND commitment_id = $2 AND token <> $1
+          LIMIT 1
+     ), c AS (
+         INSERT INTO commitments (token, execution_id, rec_index, provider, service,
+                                  account, region, commitment_id, cost_usd, how)
+         SELECT token, execution_id, rec_index, provider, service, account, region,
+                $2, $3::float8::numeric, $4
+           FROM purchase_items
+          WHERE token = $1 AND NOT EXISTS (SELECT 1 FROM other)
+         ON CONFLICT (token) DO NOTHING
+     ), u AS (
+         UPDATE purchase_items
+            SET status = 'succeeded', commitment_id = $2,
+                cost_usd = $3::float8::numeric, error = NULL, heartbeat_at = NULL,
+                claim_id = NULL, tag_pending = $5, updated_at = now()
+          WHERE token = $1 AND status <> 'succeeded'
+            AND NOT EXISTS (SELECT 1 FROM other)
+      RETURNING execution_id
+     )
+     SELECT (SELECT execution_id FROM u), (SELECT token FROM other)";
+
+/// `running (our claim) → queued` ([`Store::release_for_retry`]).
+pub(crate) const RELEASE_FOR_RETRY_SQL: &str = "UPDATE purchase_items
+       SET status = 'queued', error = $3, heartbeat_at = NULL, claim_id = NULL,
+           attempts = CASE WHEN $4 THEN greatest(attempts - 1, 0) ELSE attempts END,
+           ambiguous_at = CASE WHEN $5 THEN now() ELSE ambiguous_at END,
+           updated_at = now()
+     WHERE token = $1 AND status = 'running' AND claim_id = $2";
+
+/// `running (our claim) → failed|dead` ([`Store::finish_unsuccessful`]).
+pub(crate) const FINISH_UNSUCCESSFUL_SQL: &str = "UPDATE purchase_items
+           SET status = $3, error = $4, heartbeat_at = NULL, claim_id = NULL,
+               ambiguous_at = CASE WHEN $5 THEN now() ELSE ambiguous_at END,
+               updated_at = now()
+         WHERE token = $1 AND status = 'running' AND claim_id = $2
+     RETURNING execution_id";

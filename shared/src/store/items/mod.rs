@@ -13,8 +13,8 @@
 //! `claim.rs` the worker's lifecycle CASes, `transitions.rs` the reaper's and the operator's
 //! moves, `queries.rs` the reads (and the outbox's published mark).
 
-mod claim;
-mod queries;
+pub(crate) mod claim;
+pub(crate) mod queries;
 mod transitions;
 
 use std::time::Duration;
@@ -29,12 +29,12 @@ use crate::envelope::PurchaseMessage;
 use crate::ids::{ExecutionId, LineageKey, RecIndex};
 use crate::token::IdempotencyToken;
 
-pub use claim::{Claim, Recorded, Recording};
+pub use claim::{BuyCheck, Claim, Recorded, Recording};
 pub(crate) use transitions::mark_dead_in;
 pub use transitions::ItemDeath;
 
 /// An item's status by token, for [`cas_miss`].
-const ITEM_STATUS: &str = "SELECT status FROM purchase_items WHERE token = $1";
+pub(crate) const ITEM_STATUS: &str = "SELECT status FROM purchase_items WHERE token = $1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -218,7 +218,7 @@ pub fn recommendation_json(rec: &Recommendation) -> Value {
 /// The outcome of an item CAS whose statement returns the item's execution ID: applied with
 /// it, or why nothing matched (asked on the same connection).
 async fn item_cas(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     rows: &[tokio_postgres::Row],
     token: &IdempotencyToken,
 ) -> StoreResult<Cas<ExecutionId>> {

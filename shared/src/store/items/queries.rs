@@ -41,13 +41,8 @@ impl Store {
         }
         let tokens = token_strs(tokens);
         let client = self.conn("mark_published").await?;
-        Ok(client
-            .execute(
-                "UPDATE purchase_items SET published_at = now()
-                  WHERE token = ANY($1) AND published_at IS NULL",
-                &[&tokens],
-            )
-            .await?)
+        let stmt = client.prepare_cached(MARK_PUBLISHED_SQL).await?;
+        Ok(client.execute(&stmt, &[&tokens]).await?)
     }
 
     /// Queued items never published whose row is older than `older_than` (the producer died
@@ -174,3 +169,7 @@ impl Store {
         rows.iter().map(item_from_row).collect()
     }
 }
+
+/// Marks a published batch ([`Store::mark_published`]).
+pub(crate) const MARK_PUBLISHED_SQL: &str = "UPDATE purchase_items SET published_at = now()
+      WHERE token = ANY($1) AND published_at IS NULL";

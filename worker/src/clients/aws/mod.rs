@@ -6,6 +6,7 @@
 //! recommendation's account before buying anything: default credentials for account A must
 //! never buy a commitment meant for account B.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,10 +66,15 @@ struct Inner {
     configs: std::sync::Mutex<HashMap<ClientKey, Arc<Configs>>>,
 }
 
-/// The two SDK configurations of one (account, region); see [`Clients`].
+/// The two SDK configurations of one (account, region), and the clients built from them
+/// (one [`Clients`] per SDK, built on first use); see [`Clients`].
 struct Configs {
     lookup: SdkConfig,
     once: SdkConfig,
+    /// `Clients<C>` by `TypeId` of `C`. An SDK client is built once and shared: building one
+    /// resolves its configuration and runtime plugins (the SDK's docs ask to reuse clients),
+    /// and two were built per purchase before.
+    clients: std::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 /// The HTTP client every SDK client uses: hyper + rustls with ring (one crypto provider in the
@@ -158,7 +164,11 @@ impl AwsClients {
             .to_builder()
             .retry_config(RetryConfig::disabled())
             .build();
-        let configs = Arc::new(Configs { lookup, once });
+        let configs = Arc::new(Configs {
+            lookup,
+            once,
+            clients: std::sync::Mutex::new(HashMap::new()),
+        });
         if let Ok(mut m) = self.inner.configs.lock() {
             m.insert(key, configs.clone());
         }
@@ -225,10 +235,22 @@ impl AwsClients {
         region: &str,
     ) -> Result<Clients<C>, PurchaseError> {
         let configs = self.configs(account, region).await?;
-        Ok(Clients {
+        let built = configs.clients.lock().ok().and_then(|m| {
+            m.get(&TypeId::of::<C>())
+                .and_then(|c| c.downcast_ref::<Clients<C>>())
+                .cloned()
+        });
+        if let Some(clients) = built {
+            return Ok(clients);
+        }
+        let clients = Clients {
             lookup: C::from_conf(&configs.lookup),
             once: C::from_conf(&configs.once),
-        })
+        };
+        if let Ok(mut m) = configs.clients.lock() {
+            m.insert(TypeId::of::<C>(), Arc::new(clients.clone()));
+        }
+        Ok(clients)
     }
 }
 
@@ -245,7 +267,7 @@ pub struct Clients<C> {
 }
 
 /// An `aws-sdk-*` client, built from an [`SdkConfig`].
-pub trait SdkClient: Sized + Send + Sync + 'static {
+pub trait SdkClient: Clone + Sized + Send + Sync + 'static {
     fn from_conf(config: &SdkConfig) -> Self;
 }
 
