@@ -922,19 +922,29 @@ async fn reaper(cli: &Cli) -> anyhow::Result<Value> {
     let world = World::new().await;
     let client = world.store().pool().get().await?;
     let started = Instant::now();
+    // Executions of at most 10,000 items, as submissions are, each item a valid EC2
+    // recommendation: the reaper reads stale rows back and refuses what no submission stores.
+    let ec2 = execution("exec-reaper-bench", vec![recommendation("ec2")]);
+    let rec = serde_json::to_value(&ec2.recommendations[0])?;
     client
         .batch_execute(&format!(
             "INSERT INTO executions (execution_id, idempotency_key, status, source, approved_by, document, item_count)
-             VALUES ('exec-reaper-bench', 'exec-reaper-bench', 'completed', 'bench', 'bench', '{{}}', {rows});
-             INSERT INTO purchase_items (execution_id, rec_index, token, provider, service, account, region,
-                                         recommendation, status, attempts, published_at, heartbeat_at)
-             SELECT 'exec-reaper-bench', g, encode(sha256(g::text::bytea), 'hex'), 'aws', 'ec2',
-                    '123456789012', 'us-east-1', '{{}}'::jsonb, 'succeeded', 1, now(), now() - interval '1 day'
-               FROM generate_series(0, {} ) g;
-             ANALYZE purchase_items;",
-            rows - 1
+             SELECT 'exec-reaper-bench-' || e, 'exec-reaper-bench-' || e, 'completed', 'bench', 'bench', '{{}}', 10000
+               FROM generate_series(0, {rows} / 10000) e"
         ))
         .await?;
+    client
+        .execute(
+            "INSERT INTO purchase_items (execution_id, rec_index, token, provider, service, account, region,
+                                         recommendation, status, attempts, published_at, heartbeat_at)
+             SELECT 'exec-reaper-bench-' || (g / 10000), g % 10000, encode(sha256(g::text::bytea), 'hex'),
+                    'aws', 'ec2', $1::jsonb ->> 'account', $1::jsonb ->> 'region', $1::jsonb, 'succeeded',
+                    1, now(), now() - interval '1 day'
+               FROM generate_series(0, $2::int - 1) g",
+            &[&rec, &(rows as i32)],
+        )
+        .await?;
+    client.batch_execute("ANALYZE purchase_items").await?;
     let loaded = started.elapsed();
     let mut config =
         ReaperConfig::from_source(&[("AWS_ENDPOINT_URL", world.fc.endpoint().as_str())])?;
