@@ -325,7 +325,7 @@ fn purchase(call: &Call<'_>) -> Result<Response, ApiError> {
         ri.created_at = at;
         ri.ready_at = at + (ri.ready_at - call.now);
     }
-    store.commitments.push(ri);
+    store.insert(ri);
     drop(store);
     tracing::info!(ri.id = %id, offering.id = %offering_id, count, account = %call.account(), region = %call.region, "EC2 RI purchased");
     Ok(respond(call, |w| w.leaf("reservedInstancesId", &id)))
@@ -479,15 +479,11 @@ fn create_tags(call: &Call<'_>) -> Result<Response, ApiError> {
             ));
         }
     }
-    for commitment in store.commitments.iter_mut() {
-        if commitment.service == "ec2"
-            && commitment.account == account
-            && commitment.region == region
-            && resources.contains(&commitment.id)
-        {
+    store.for_each_scoped_mut("ec2", account, region, |commitment| {
+        if resources.contains(&commitment.id) {
             commitment.tags.extend(tags.clone());
         }
-    }
+    });
     drop(store);
     Ok(respond(call, |w| w.leaf("return", "true")))
 }

@@ -338,10 +338,8 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     let token_ttl = call.realism.client_token_ttl;
     let mut store = call.shared.store();
     if let Some(token) = &client_token {
-        let previous = store.commitments.iter().find(|c| {
-            c.service == "savings-plans"
-                && c.account == call.account()
-                && c.handle.as_deref() == Some(token)
+        let previous = store.in_account("savings-plans", call.account()).find(|c| {
+            c.handle.as_deref() == Some(token)
                 && token_ttl.is_none_or(|ttl| call.now < c.created_at + super::aws::to_delta(ttl))
         });
         if let Some(previous) = previous {
@@ -407,7 +405,7 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
             fingerprint,
         },
     };
-    store.commitments.push(plan);
+    store.insert(plan);
     drop(store);
     tracing::info!(savings_plan.id = %id, offering.id = %offering_id, commitment = %commitment_text, account = %call.account(), "Savings Plan created");
     Ok(json!({ "savingsPlanId": id }))
@@ -486,9 +484,7 @@ fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     let mut found: Vec<Value> = {
         let store = call.shared.store();
         store
-            .commitments
-            .iter()
-            .filter(|c| c.service == "savings-plans" && c.account == call.account())
+            .in_account("savings-plans", call.account())
             // Eventual consistency (realism): a fresh plan is not listed yet.
             .filter(|c| call.visible(c))
             .filter(|c| {

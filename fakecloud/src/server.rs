@@ -140,7 +140,7 @@ impl Shared {
     pub fn ledger(&self) -> Vec<LedgerEntry> {
         let now = Utc::now();
         self.store()
-            .commitments
+            .commitments()
             .iter()
             .map(|c| c.to_entry(now, &self.config.idempotency_tag_key))
             .collect()

@@ -30,8 +30,7 @@ pub(super) fn purchase(
     // one ID make one order.
     let mut store = ctx.shared.store();
     if store
-        .commitments
-        .iter()
+        .with_id(&id)
         .any(|c| c.provider == Provider::Azure && c.id == id)
     {
         // Nothing documents which answer a consumed order ID gets; realism gives the one that
@@ -111,7 +110,7 @@ pub(super) fn purchase(
             total: session.total,
         }),
     };
-    store.commitments.push(order.clone());
+    store.insert(order.clone());
     drop(store);
     tracing::info!(order.id = %id, sku = %request.sku, quantity = request.quantity, subscription = %request.subscription, "Azure reservation order purchased");
 
@@ -148,8 +147,7 @@ pub(super) fn find_order(ctx: &Ctx<'_>, tenant: &str, id: &str) -> Result<Commit
     let found = ctx
         .shared
         .store()
-        .commitments
-        .iter()
+        .with_id(&id)
         .find(|c| c.id == id && matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
         .cloned();
     found.filter(|c| ctx.visible(c)).ok_or_else(|| {
@@ -193,7 +191,7 @@ pub(super) fn list_orders(
         let all: Vec<Commitment> = ctx
             .shared
             .store()
-            .commitments
+            .commitments()
             .iter()
             .filter(|c| matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
             .cloned()

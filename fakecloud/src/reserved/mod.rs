@@ -295,7 +295,7 @@ fn purchase<S: ReservedService>(
     let detail = S::detail(&mut store);
     let mut reservation = call.new_reservation(S::SERVICE, &offer, id, count, handle, tags);
     reservation.detail = detail;
-    store.commitments.push(reservation.clone());
+    store.insert(reservation.clone());
     drop(store);
     tracing::info!(
         reservation.id = %reservation.id,
