@@ -24,12 +24,7 @@ pub struct BrokerLink {
 
 async fn open(config: &AmqpConfig, topology: &Topology) -> anyhow::Result<Live> {
     let connection = amqp::connect(config, "buyonce-producer").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| anyhow::anyhow!("opening a channel: {}", amqp::describe_error(&e)))?;
-    topology.declare(&channel).await?;
-    let _ = channel.close(200, "declared".into()).await;
+    topology.declare(&connection).await?;
     let publisher = Publisher::new(&connection, topology.clone()).await?;
     Ok(Live {
         connection,

@@ -146,12 +146,7 @@ async fn connect_store(common: &CommonConfig) -> anyhow::Result<Store> {
 async fn connect_broker(common: &CommonConfig) -> anyhow::Result<(Connection, Topology)> {
     let connection = amqp::connect(&common.amqp, "buyonce-producer").await?;
     let topology = Topology::from_config(common);
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| anyhow::anyhow!("opening a channel: {}", amqp::describe_error(&e)))?;
-    topology.declare(&channel).await?;
-    let _ = channel.close(200, "declared".into()).await;
+    topology.declare(&connection).await?;
     Ok((connection, topology))
 }
 

@@ -444,8 +444,7 @@ async fn delivery_limit_one(h: &Harness) -> (Topology, Publisher) {
         1,
         vec![Duration::from_millis(200)],
     );
-    let channel = h.broker.connection.create_channel().await.unwrap();
-    topology.declare(&channel).await.unwrap();
+    topology.declare(&h.broker.connection).await.unwrap();
     let publisher = Publisher::new(&h.broker.connection, topology.clone())
         .await
         .unwrap();
@@ -646,5 +645,53 @@ async fn the_long_running_archiver_moves_dead_letters_as_they_arrive_and_stops_o
         .expect("the archiver stops promptly")
         .unwrap()
         .unwrap();
+    h.cleanup().await;
+}
+
+/// RabbitMQ 4.0 gave every quorum queue without an `x-delivery-limit` a limit of 20: a dead
+/// letter returned to the dead-letter queue a 21st time (here: an archiver whose database keeps
+/// failing, each attempt returning the message) was dropped, as that queue dead-letters nowhere.
+/// On 3.x the same topology kept it. The queue's explicit limit keeps it on both.
+#[tokio::test]
+async fn a_dead_letter_outlives_more_failed_archive_attempts_than_rabbitmq_4s_default_limit() {
+    let h = Harness::new().await;
+    h.dead_letter_garbage(b"not a purchase", DeadLetterReason::Malformed)
+        .await;
+    h.sql("ALTER TABLE dead_letters RENAME TO dead_letters_away")
+        .await;
+    let channel = h.broker.connection.create_channel().await.unwrap();
+    for attempt in 1..=25 {
+        let failed = archive_pending(h.store(), &channel, &h.broker.topology, 10).await;
+        assert!(
+            failed.is_err(),
+            "attempt {attempt} archived without a table"
+        );
+        // The return (a nack) is asynchronous: wait until the message is ready again.
+        let mut queued = 0;
+        for _ in 0..50 {
+            queued = h.dead_queue_len().await;
+            if queued == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            queued, 1,
+            "the dead letter is still queued after {attempt} failed archive attempts"
+        );
+    }
+    h.sql("ALTER TABLE dead_letters_away RENAME TO dead_letters")
+        .await;
+    let report = archive_pending(h.store(), &channel, &h.broker.topology, 10)
+        .await
+        .unwrap();
+    assert_eq!(report.archived, 1);
+    let rows = h
+        .store()
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].body, b"not a purchase");
     h.cleanup().await;
 }

@@ -103,8 +103,7 @@ impl TestBroker {
         let config = AmqpConfig::new(amqp_url());
         let connection = amqp::connect(&config, &format!("buyonce-test {prefix}")).await?;
         let topology = Topology::new(prefix, 20, retry_delays);
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
+        topology.declare(&connection).await?;
         let publisher = Publisher::new(&connection, topology.clone()).await?;
         Ok(Self {
             config,

@@ -197,6 +197,19 @@ async fn our_own_rabbitmq_node_serves_stops_and_starts_its_app_and_is_removed_on
     eprintln!("RabbitNode started in {:?}", started.elapsed());
     assert_ne!(node.port(), Some(5672), "never the machine's RabbitMQ");
     assert!(node.node_name().starts_with("buyonce-"));
+    // The release the node runs is the one installed where it runs from (the machine's, or
+    // BUYONCE_TEST_RABBITMQ_ROOT's: the RabbitMQ 4 run of the suite).
+    let version = node.ctl(&["version"]).await.unwrap();
+    let root = buyonce_tests::nodes::rabbitmq_root()
+        .unwrap()
+        .unwrap_or_else(|| "/".into());
+    let installed = std::fs::read_dir(root.join("usr/lib/rabbitmq/lib"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find_map(|name| name.strip_prefix("rabbitmq_server-").map(str::to_owned))
+        .expect("an installed rabbitmq_server");
+    eprintln!("RabbitNode runs RabbitMQ {}", version.trim());
+    assert_eq!(version.trim(), installed);
     let config = AmqpConfig::new(node.amqp_url());
     let conn = amqp::connect(&config, "nodes-test").await.unwrap();
     let channel = conn.create_channel().await.unwrap();

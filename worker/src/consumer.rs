@@ -122,12 +122,7 @@ impl Consumer {
             std::env::var("HOSTNAME").unwrap_or_else(|_| std::process::id().to_string())
         );
         let conn = amqp::connect(&self.config.common.amqp, &name).await?;
-        let setup = conn
-            .create_channel()
-            .await
-            .context("opening the setup channel")?;
-        self.topology.declare(&setup).await?;
-        let _ = setup.close(200, "declared".into()).await;
+        self.topology.declare(&conn).await?;
         let publisher = Publisher::new(&conn, self.topology.clone()).await?;
         // Dead letters move from the queue into Postgres continuously (every replica may run
         // one; archiving is idempotent). Stopped when this session ends, whatever the reason.

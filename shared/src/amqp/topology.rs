@@ -4,7 +4,8 @@
 //! <prefix> (direct) ──purchase──▶ <prefix>.purchases (quorum, x-delivery-limit)
 //!     ▲                                 │ dead-lettered (at-least-once)
 //!     │                                 ▼
-//!     │                           <prefix>.dead (fanout) ──▶ <prefix>.dead-letters (quorum)
+//!     │                           <prefix>.dead (fanout) ──▶ <prefix>.dead-letters (quorum,
+//!     │                                                        x-delivery-limit 2^31-1)
 //!     │ expired (at-least-once)
 //! <prefix>.retry.<delay> (quorum; per-message TTL) ◀── <prefix>.retry (direct) ◀── worker
 //! ```
@@ -18,12 +19,20 @@ use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use tracing::warn;
 
 use crate::duration::format_duration;
 
 /// Routing key of purchase messages on the work exchange.
 pub const PURCHASE_ROUTING_KEY: &str = "purchase";
+
+/// `x-delivery-limit` of the dead-letter queue: a limit no archiver reaches. The queue
+/// dead-letters nowhere, so a message over its limit is dropped, and it must have a limit:
+/// RabbitMQ 4.0 gives a quorum queue without one a limit of 20 (measured on 4.0.5: a message
+/// is gone on its 21st return), and `-1`, which means "unlimited" on 4.x, drops a message on its
+/// first return on 3.10 (measured on 3.10.8). A large explicit limit behaves the same on both.
+pub const DEAD_QUEUE_DELIVERY_LIMIT: i32 = i32::MAX;
 
 /// Names and arguments of every exchange and queue, from the prefix.
 #[derive(Debug, Clone)]
@@ -96,17 +105,68 @@ impl Topology {
         args
     }
 
-    /// Declares everything. Idempotent: re-declaring with the same arguments is a no-op; with
-    /// different ones (e.g. another delivery limit) the broker refuses and the error says so.
-    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
+    /// Declares everything, on a channel of its own. Idempotent: re-declaring with the same
+    /// arguments is a no-op; with different ones (e.g. another delivery limit) the broker
+    /// refuses and the error says so — except for a dead-letter queue declared by an older
+    /// buyonce without its delivery limit, which is kept with a warning (see
+    /// [`Topology::declare_dead_queue`]).
+    pub async fn declare(&self, connection: &Connection) -> anyhow::Result<()> {
+        self.declare_dead_queue(connection).await?;
+        let channel = open(connection).await?;
+        self.declare_rest(&channel).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// The dead-letter queue, with [`DEAD_QUEUE_DELIVERY_LIMIT`]. One declared by a buyonce
+    /// before that limit existed has none, and a queue's arguments cannot change: it is kept
+    /// (refusing to start would stop purchases over the archive queue), and a warning says how
+    /// to give it the limit without losing what it holds — a policy, which applies to a queue
+    /// without the argument: `delivery-limit` 2147483647 (checked on 4.0.5: the queue then
+    /// keeps a message through 25 returns).
+    async fn declare_dead_queue(&self, connection: &Connection) -> anyhow::Result<()> {
+        let dead_queue = self.dead_queue();
+        let mut args = self.quorum_args();
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(DEAD_QUEUE_DELIVERY_LIMIT),
+        );
+        let channel = open(connection).await?;
+        let declared = self
+            .declare_queue(&channel, &dead_queue, durable_queue(), args)
+            .await;
+        if let Err(e) = declared {
+            let text = e.to_string();
+            if !(text.contains("x-delivery-limit") && text.contains("current is none")) {
+                return Err(e);
+            }
+            // The refusal closed that channel.
+            let channel = open(connection).await?;
+            self.declare_queue(&channel, &dead_queue, durable_queue(), self.quorum_args())
+                .await?;
+            let _ = channel.close(200, "declared".into()).await;
+            warn!(
+                queue = %dead_queue,
+                "the dead-letter queue was declared by an older buyonce without a delivery limit: \
+                 on RabbitMQ 4.x it drops a dead letter returned to it a 21st time (e.g. while \
+                 Postgres is down for the archiver). Give it the limit with a policy: \
+                 rabbitmqctl set_policy --apply-to quorum_queues buyonce-dead-letters \
+                 '^{}$' '{{\"delivery-limit\": {}}}' (or delete the queue once it is empty)",
+                regex_escape(&dead_queue),
+                DEAD_QUEUE_DELIVERY_LIMIT
+            );
+        } else {
+            let _ = channel.close(200, "declared".into()).await;
+        }
+        Ok(())
+    }
+
+    async fn declare_rest(&self, channel: &Channel) -> anyhow::Result<()> {
+        let durable_queue = durable_queue();
         // Durable everything: a broker restart must not lose the topology or messages.
         let durable_exchange = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
-        };
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
         };
         let declare_exchange = |name: String, kind: ExchangeKind| async move {
             channel
@@ -124,12 +184,8 @@ impl Topology {
         declare_exchange(self.work_exchange(), ExchangeKind::Direct).await?;
         declare_exchange(self.dead_exchange(), ExchangeKind::Fanout).await?;
         declare_exchange(self.retry_exchange(), ExchangeKind::Direct).await?;
-
-        // Dead letters: quorum for durability; nothing consumes them but the archiver.
-        let dead_queue = self.dead_queue();
-        self.declare_queue(channel, &dead_queue, durable_queue, self.quorum_args())
-            .await?;
-        self.bind(channel, &dead_queue, &self.dead_exchange(), "")
+        // Dead letters: nothing consumes them but the archiver.
+        self.bind(channel, &self.dead_queue(), &self.dead_exchange(), "")
             .await?;
 
         let mut work_args = self.quorum_args();
@@ -165,6 +221,8 @@ impl Topology {
             );
             args.insert("x-dead-letter-strategy".into(), lstr("at-least-once"));
             args.insert("x-overflow".into(), lstr("reject-publish"));
+            // No x-delivery-limit: nothing consumes a wait queue, so no message is delivered
+            // from it (RabbitMQ 4's default limit of 20 cannot be reached).
             let queue = self.retry_queue(i);
             self.declare_queue(channel, &queue, durable_queue, args)
                 .await?;
@@ -226,6 +284,32 @@ impl Topology {
                 )
             })
     }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn open(connection: &Connection) -> anyhow::Result<Channel> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| anyhow::anyhow!("opening a channel: {}", super::describe_error(&e)))
+}
+
+/// `name` as a policy pattern that matches only it.
+fn regex_escape(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() && c != '-' && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn lstr(s: &str) -> AMQPValue {

@@ -149,7 +149,7 @@ async fn demo(cli: Cli) -> anyhow::Result<()> {
     let conn = amqp::connect(&amqp_config, "buyonce-demo")
         .await
         .context("RabbitMQ (is it running? BUYONCE_AMQP_URL)")?;
-    topology.declare(&conn.create_channel().await?).await?;
+    topology.declare(&conn).await?;
     let publisher = Publisher::new(&conn, topology.clone()).await?;
 
     println!(

@@ -43,7 +43,7 @@ pub use process::{
     find_log_event, log_events, process_env_with, spawn_binary, spawn_binary_in, wait_exit,
     KillOnDrop,
 };
-pub use rabbitmq::{rabbitmq_sbin_dir, RabbitNode, RabbitOptions};
+pub use rabbitmq::{rabbitmq_root, rabbitmq_sbin_dir, RabbitNode, RabbitOptions};
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released for the server to take).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -139,8 +139,7 @@ pub async fn world_on(
             Duration::from_secs(1),
         ],
     );
-    let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
+    topology.declare(&connection).await?;
     let publisher = Publisher::new(&connection, topology.clone()).await?;
     let broker = TestBroker {
         config: amqp,

@@ -4,6 +4,12 @@
 //! `HOME` set to the node's directory, where a cookie of its own lives; `rabbitmqctl` is run
 //! with the same `HOME`, which is where the Erlang CLI looks for the cookie. The node registers
 //! with the machine's `epmd` (port 4369), which is how `rabbitmqctl -n` finds it.
+//!
+//! With `BUYONCE_TEST_RABBITMQ_ROOT` set to a root file system holding another RabbitMQ (the
+//! RabbitMQ 4.0 root `tests/rabbitmq4.sh` makes from Debian 13's package), the node runs from
+//! there under `chroot`: its directory is made inside that root, and every path the node is
+//! given is the one it sees there. It still registers with the machine's `epmd` (the protocol is
+//! the same across Erlang releases).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -52,7 +58,10 @@ impl Default for RabbitOptions {
 /// `Drop` kills it and removes its directory.
 pub struct RabbitNode {
     dir: tempfile::TempDir,
+    /// Where RabbitMQ's scripts are, as the node sees them.
     sbin: PathBuf,
+    /// The root file system the node runs in (`chroot`), if not the machine's.
+    root: Option<PathBuf>,
     node: String,
     port: Option<u16>,
     tls_port: Option<u16>,
@@ -84,6 +93,31 @@ pub fn rabbitmq_sbin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The root file system of another RabbitMQ (`BUYONCE_TEST_RABBITMQ_ROOT`), checked.
+pub fn rabbitmq_root() -> anyhow::Result<Option<PathBuf>> {
+    let Some(root) = std::env::var_os("BUYONCE_TEST_RABBITMQ_ROOT").filter(|r| !r.is_empty())
+    else {
+        return Ok(None);
+    };
+    let root = PathBuf::from(root);
+    if !root.join("usr/lib/rabbitmq/bin/rabbitmq-server").exists() {
+        bail!(
+            "BUYONCE_TEST_RABBITMQ_ROOT={}: no usr/lib/rabbitmq/bin/rabbitmq-server in it \
+             (tests/rabbitmq4.sh start makes one)",
+            root.display()
+        );
+    }
+    if !root.join("proc/self").exists() {
+        bail!(
+            "BUYONCE_TEST_RABBITMQ_ROOT={}: /proc is not mounted in it (RabbitMQ reads its \
+             memory use there): mount -t proc proc {}/proc",
+            root.display(),
+            root.display()
+        );
+    }
+    Ok(Some(root))
+}
+
 impl RabbitNode {
     /// Starts a node and waits until it accepts connections (`rabbitmqctl await_startup`).
     pub async fn start(options: RabbitOptions) -> anyhow::Result<RabbitNode> {
@@ -93,12 +127,24 @@ impl RabbitNode {
         if options.tls_only && options.listen_on.is_some() {
             bail!("listen_on is for the plain listener, which tls_only turns off");
         }
-        let sbin = rabbitmq_sbin_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("buyonce-rabbit-")
-            .tempdir()
-            .context("creating the node directory")?;
+        let chroot = rabbitmq_root()?;
+        let sbin = match &chroot {
+            Some(_) => PathBuf::from("/usr/lib/rabbitmq/bin"),
+            None => rabbitmq_sbin_dir()?,
+        };
+        let mut dir = tempfile::Builder::new();
+        dir.prefix("buyonce-rabbit-");
+        let dir = match &chroot {
+            Some(r) => dir.tempdir_in(r.join("tmp")),
+            None => dir.tempdir(),
+        }
+        .context("creating the node directory")?;
         let root = dir.path().to_path_buf();
+        // The node directory as the node sees it.
+        let seen = match &chroot {
+            Some(r) => Path::new("/").join(root.strip_prefix(r)?),
+            None => root.clone(),
+        };
         let node = format!("buyonce-{}@localhost", random_hex(10));
         let port = (!options.tls_only).then(free_port).transpose()?;
         let tls_port = options.tls.as_ref().map(|_| free_port()).transpose()?;
@@ -128,10 +174,9 @@ impl RabbitNode {
         }
         if let (Some(tls), Some(p)) = (&options.tls, tls_port) {
             let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
-                let dest = root.join(name);
-                std::fs::copy(from, &dest)
+                std::fs::copy(from, root.join(name))
                     .with_context(|| format!("copying {} into the node", from.display()))?;
-                Ok(dest)
+                Ok(seen.join(name))
             };
             let cert = copy(&tls.cert_file, "server.pem")?;
             let key = copy(&tls.key_file, "server.key")?;
@@ -160,7 +205,7 @@ impl RabbitNode {
             options.user, options.password
         ));
         std::fs::write(root.join("rabbitmq.conf"), conf)?;
-        let path = |p: &str| root.join(p).display().to_string();
+        let path = |p: &str| seen.join(p).display().to_string();
         let env: BTreeMap<String, String> = [
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("HOME", path("home")),
@@ -185,6 +230,7 @@ impl RabbitNode {
         let mut node = RabbitNode {
             dir,
             sbin,
+            root: chroot,
             node,
             port,
             tls_port,
@@ -199,7 +245,8 @@ impl RabbitNode {
     async fn boot(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let out = std::fs::File::create(self.dir.path().join("server.out"))?;
-        let child = std::process::Command::new(self.sbin.join("rabbitmq-server"))
+        let child = self
+            .command("rabbitmq-server")
             .env_clear()
             .envs(&self.env)
             .current_dir(self.dir.path())
@@ -255,7 +302,7 @@ impl RabbitNode {
     /// Runs `rabbitmqctl -n <node> <args…>` with the node's cookie.
     pub async fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
         run(
-            Command::new(self.sbin.join("rabbitmqctl"))
+            Command::from(self.command("rabbitmqctl"))
                 .env_clear()
                 .envs(&self.env)
                 .current_dir(self.dir.path())
@@ -265,6 +312,18 @@ impl RabbitNode {
             &format!("rabbitmqctl {}", args.join(" ")),
         )
         .await
+    }
+
+    /// `program` of RabbitMQ's scripts, run in the node's root file system.
+    fn command(&self, program: &str) -> std::process::Command {
+        match &self.root {
+            Some(root) => {
+                let mut c = std::process::Command::new("chroot");
+                c.arg(root).arg(self.sbin.join(program));
+                c
+            }
+            None => std::process::Command::new(self.sbin.join(program)),
+        }
     }
 
     /// The node's directory (data, logs, cookie); removed on drop.

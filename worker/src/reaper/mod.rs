@@ -113,9 +113,8 @@ impl Reaper {
     async fn publisher(&self) -> Option<Publisher> {
         let result = async {
             let conn = amqp::connect(&self.config.common.amqp, "buyonce-reaper").await?;
-            let channel = conn.create_channel().await?;
             let topology = Topology::from_config(&self.config.common);
-            topology.declare(&channel).await?;
+            topology.declare(&conn).await?;
             Publisher::new(&conn, topology).await
         }
         .await;
