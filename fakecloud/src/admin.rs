@@ -137,5 +137,5 @@ async fn set_state(
 }
 
 async fn catalog(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.catalog.clone()).into_response()
+    Json(shared.catalog.catalog().clone()).into_response()
 }

@@ -462,8 +462,8 @@ fn create_tags(call: &Call<'_>) -> Result<Response, ApiError> {
         // A fresh RI is not found by CreateTags until it is visible (realism), as EC2 documents
         // for resources it has just created.
         let Some(ri) = store
-            .scoped("ec2", account, region)
-            .find(|c| &c.id == id && call.visible(c))
+            .with_id(id)
+            .find(|c| &c.id == id && c.is_in("ec2", account, region) && call.visible(c))
         else {
             return Err(ApiError::bad_request(
                 "InvalidID",
@@ -479,11 +479,14 @@ fn create_tags(call: &Call<'_>) -> Result<Response, ApiError> {
             ));
         }
     }
-    store.for_each_scoped_mut("ec2", account, region, |commitment| {
-        if resources.contains(&commitment.id) {
-            commitment.tags.extend(tags.clone());
+    for id in &resources {
+        for ri in store
+            .with_id_mut(id)
+            .filter(|c| &c.id == id && c.is_in("ec2", account, region))
+        {
+            ri.tags.extend(tags.clone());
         }
-    });
+    }
     drop(store);
     Ok(respond(call, |w| w.leaf("return", "true")))
 }

@@ -205,6 +205,11 @@ impl Commitment {
         }
     }
 
+    /// Whether it is a commitment of `service` in this account and region.
+    pub fn is_in(&self, service: &str, account: &str, region: &str) -> bool {
+        self.service == service && self.account == account && self.region == region
+    }
+
     /// When the term ends.
     pub fn end(&self) -> DateTime<Utc> {
         self.created_at + TimeDelta::seconds(self.duration_seconds)
@@ -290,6 +295,11 @@ pub struct Store {
     by_account: HashMap<(String, String), Vec<usize>>,
     /// Positions by lowercase provider ID, ascending.
     by_id: HashMap<String, Vec<usize>>,
+    /// Positions by (service, account, client handle), ascending: the duplicate checks of
+    /// Savings Plans client tokens and OpenSearch names.
+    by_handle: HashMap<(String, String, String), Vec<usize>>,
+    /// Positions of Azure orders by the tenant whose token created them, ascending.
+    by_tenant: HashMap<String, Vec<usize>>,
     /// Calls per `"<service>:<Operation>"`.
     pub calls: BTreeMap<String, u64>,
     /// Azure price sessions by lowercase order ID.
@@ -305,6 +315,8 @@ impl Store {
             commitments: Vec::new(),
             by_account: HashMap::new(),
             by_id: HashMap::new(),
+            by_handle: HashMap::new(),
+            by_tenant: HashMap::new(),
             calls: BTreeMap::new(),
             price_sessions: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -341,6 +353,20 @@ impl Store {
             .entry(commitment.id.to_ascii_lowercase())
             .or_default()
             .push(at);
+        if let Some(handle) = &commitment.handle {
+            let key = (
+                commitment.service.clone(),
+                commitment.account.clone(),
+                handle.clone(),
+            );
+            self.by_handle.entry(key).or_default().push(at);
+        }
+        if let Detail::Azure(order) = &commitment.detail {
+            self.by_tenant
+                .entry(order.tenant.clone())
+                .or_default()
+                .push(at);
+        }
         self.commitments.push(commitment);
     }
 
@@ -378,38 +404,63 @@ impl Store {
             .filter(move |c| c.region == region)
     }
 
-    /// [`Store::scoped`], mutable: `f` sees each in creation order (and must not change a
-    /// commitment's service, account or ID, which the indexes are keyed on).
-    pub fn for_each_scoped_mut(
-        &mut self,
+    /// Commitments of a service in one account under this client handle (compared exactly), in
+    /// creation order.
+    pub fn with_handle<'a>(
+        &'a self,
         service: &str,
         account: &str,
-        region: &str,
-        mut f: impl FnMut(&mut Commitment),
-    ) {
-        let positions = self.positions(service, account).to_vec();
-        for at in positions {
-            let c = &mut self.commitments[at];
-            if c.region == region {
-                f(c);
-            }
-        }
+        handle: &str,
+    ) -> impl Iterator<Item = &'a Commitment> + 'a {
+        let key = (service.to_owned(), account.to_owned(), handle.to_owned());
+        self.at(self.by_handle.get(&key))
+    }
+
+    /// Azure orders created with a token of `tenant`, in creation order.
+    pub fn of_tenant<'a>(&'a self, tenant: &str) -> impl Iterator<Item = &'a Commitment> + 'a {
+        self.at(self.by_tenant.get(tenant))
     }
 
     /// Commitments whose provider ID equals `id` ignoring ASCII case, oldest first (callers
     /// that compare exactly filter further).
     pub fn with_id<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a Commitment> + 'a {
-        self.by_id
-            .get(&id.to_ascii_lowercase())
-            .map_or(&[][..], Vec::as_slice)
-            .iter()
-            .map(|&at| &self.commitments[at])
+        self.at(self.by_id.get(&id.to_ascii_lowercase()))
     }
 
-    /// The oldest commitment with this provider ID (ignoring ASCII case), if any; its service,
-    /// account and ID must stay as they are.
+    /// [`Store::with_id`], mutable, to change states, etags or tags: the fields the indexes are
+    /// keyed on (service, account, ID, handle, Azure tenant) must stay as they are.
+    pub fn with_id_mut<'a>(
+        &'a mut self,
+        id: &str,
+    ) -> impl Iterator<Item = &'a mut Commitment> + 'a {
+        let positions = self
+            .by_id
+            .get(&id.to_ascii_lowercase())
+            .map_or(&[][..], Vec::as_slice);
+        let mut rest = self.commitments.iter_mut();
+        let mut next = 0;
+        // Positions ascend: each match skips forward from the one before.
+        positions.iter().filter_map(move |&at| {
+            let commitment = rest.nth(at - next);
+            next = at + 1;
+            commitment
+        })
+    }
+
+    /// The oldest commitment with this provider ID (ignoring ASCII case), if any; see
+    /// [`Store::with_id_mut`] for what must not change.
     pub fn by_id_mut(&mut self, id: &str) -> Option<&mut Commitment> {
-        let at = *self.by_id.get(&id.to_ascii_lowercase())?.first()?;
-        self.commitments.get_mut(at)
+        self.with_id_mut(id).next()
+    }
+
+    /// The commitments at `positions`, in their order.
+    fn at<'a>(
+        &'a self,
+        positions: Option<&'a Vec<usize>>,
+    ) -> impl Iterator<Item = &'a Commitment> + 'a {
+        positions
+            .into_iter()
+            .flatten()
+            .map(|&at| &self.commitments[at])
     }
 }

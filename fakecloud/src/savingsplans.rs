@@ -164,13 +164,12 @@ fn describe_offerings(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiEr
         }
     }
     let page_size = page_size(input)?;
-    let offers: Vec<(String, &SavingsPlanOffering)> = call
+    let offers: Vec<(&str, &SavingsPlanOffering)> = call
         .shared
         .catalog
         .savings_plans()
-        .into_iter()
         .filter(|(id, o)| {
-            (ids.is_empty() || ids.contains(id))
+            (ids.is_empty() || ids.iter().any(|x| x == id))
                 && (plan_types.is_empty() || plan_types.contains(&o.plan_type))
                 && (payments.is_empty() || payments.iter().any(|p| p == o.payment_option.as_str()))
                 && (currencies.is_empty() || currencies.contains(&o.currency))
@@ -285,10 +284,8 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     let offering = call
         .shared
         .catalog
-        .savings_plans()
-        .into_iter()
-        .find(|(id, _)| id == offering_id)
-        .map(|(_, o)| o.clone())
+        .savings_plan(offering_id)
+        .cloned()
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -338,10 +335,11 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     let token_ttl = call.realism.client_token_ttl;
     let mut store = call.shared.store();
     if let Some(token) = &client_token {
-        let previous = store.in_account("savings-plans", call.account()).find(|c| {
-            c.handle.as_deref() == Some(token)
-                && token_ttl.is_none_or(|ttl| call.now < c.created_at + super::aws::to_delta(ttl))
-        });
+        let previous = store
+            .with_handle("savings-plans", call.account(), token)
+            .find(|c| {
+                token_ttl.is_none_or(|ttl| call.now < c.created_at + super::aws::to_delta(ttl))
+            });
         if let Some(previous) = previous {
             return match &previous.detail {
                 Detail::SavingsPlan { fingerprint: f, .. } if *f == fingerprint => Ok(json!({ "savingsPlanId": previous.id })),

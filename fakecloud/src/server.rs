@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, Offerings};
 use super::config::FakeCloudConfig;
 use super::faults::{roll, CommitFailure, Decision, FaultEngine, Faults, OpKind};
 use super::identity::Identities;
@@ -41,7 +41,7 @@ pub struct Shared {
     /// Immutable configuration.
     pub config: FakeCloudConfig,
     /// Offerings.
-    pub catalog: Catalog,
+    pub catalog: Offerings,
     /// Credentials and tokens.
     pub identities: Identities,
     store: Mutex<Store>,
@@ -62,7 +62,7 @@ impl Shared {
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         Self {
-            catalog: config.catalog.clone().unwrap_or_else(Catalog::builtin),
+            catalog: Offerings::new(config.catalog.clone().unwrap_or_else(Catalog::builtin)),
             identities: Identities::new(key),
             store: Mutex::new(Store::new(config.seed)),
             faults: Mutex::new(FaultEngine::new(config.faults.clone(), config.seed)),

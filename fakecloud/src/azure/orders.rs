@@ -188,14 +188,7 @@ pub(super) fn list_orders(
     let orders: Vec<Commitment> = if lookup_empty {
         Vec::new()
     } else {
-        let all: Vec<Commitment> = ctx
-            .shared
-            .store()
-            .commitments()
-            .iter()
-            .filter(|c| matches!(&c.detail, Detail::Azure(o) if o.tenant == tenant))
-            .cloned()
-            .collect();
+        let all: Vec<Commitment> = ctx.shared.store().of_tenant(tenant).cloned().collect();
         all.into_iter().filter(|c| ctx.visible(c)).collect()
     };
     let start = match ctx.query.get("$skiptoken") {

@@ -219,6 +219,7 @@ impl Purchase {
         let sku = ctx
             .shared
             .catalog
+            .catalog()
             .azure_sku(&self.reserved_resource_type, &self.sku, &self.term, &self.location)
             .ok_or_else(|| {
                 bad_request(

@@ -2,6 +2,9 @@
 //! Redshift) and Savings Plans offerings, and the offers they make in a region under stable,
 //! derived IDs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
 use serde::{Deserialize, Serialize};
 
 use super::{derived_id, usd, Catalog};
@@ -144,52 +147,163 @@ impl Catalog {
         }
     }
 
-    /// The offerings of `service` sold in `region`, in catalog order. For EC2, each regional
-    /// offering is followed by one zonal offering per Availability Zone at the same price, as
+    /// The offers of `service` in `region`, in catalog order. For EC2, each regional offering
+    /// is followed by one zonal offering per Availability Zone at the same price, as
     /// `DescribeReservedInstancesOfferings` lists them when no zone is asked for (the model's
     /// `scope` is `Region | Availability Zone`).
-    pub fn offers(&self, service: AwsService, region: &str) -> Vec<Offer<'_>> {
+    fn derive_offers(&self, service: AwsService, region: &str) -> Regional {
         let mut offers = Vec::new();
-        for o in self.reservations(service).iter().filter(|o| {
-            o.regions
-                .as_ref()
-                .is_none_or(|r| r.iter().any(|x| x == region))
-        }) {
+        for (entry, o) in self
+            .reservations(service)
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| {
+                o.regions
+                    .as_ref()
+                    .is_none_or(|r| r.iter().any(|x| x == region))
+            })
+        {
             let id = offering_id(service, region, o);
-            offers.push(Offer {
-                id: id.clone(),
-                region: region.to_string(),
-                offering: o,
-                zone: None,
-            });
             if service == AwsService::Ec2 {
+                offers.push(OfferKey {
+                    entry,
+                    id: id.clone(),
+                    zone: None,
+                });
                 for suffix in ZONE_SUFFIXES {
                     let zone = format!("{region}{suffix}");
-                    offers.push(Offer {
+                    offers.push(OfferKey {
+                        entry,
                         id: derived_id(&[&id, &zone]),
-                        region: region.to_string(),
-                        offering: o,
                         zone: Some(zone),
                     });
                 }
+            } else {
+                offers.push(OfferKey {
+                    entry,
+                    id,
+                    zone: None,
+                });
             }
         }
-        offers
+        let mut by_id = HashMap::new();
+        for (at, key) in offers.iter().enumerate() {
+            // The first offer under an ID wins, as a search in catalog order finds it.
+            by_id.entry(key.id.clone()).or_insert(at);
+        }
+        Regional { offers, by_id }
+    }
+}
+
+/// The catalog with its offering IDs derived once. An ID is a SHA-256 of an offering's
+/// attributes (and region); deriving a whole section's IDs on every purchase and every describe
+/// made the catalog a visible share of fakecloud's cost in a bench run.
+#[derive(Debug)]
+pub struct Offerings {
+    catalog: Catalog,
+    /// Savings Plans offering IDs, one per `catalog.savings_plans` entry, in order.
+    savings_plan_ids: Vec<String>,
+    /// Reservation offers per service and region, derived on the region's first lookup (any
+    /// region name is accepted, so they cannot all be derived up front).
+    regional: RwLock<HashMap<(AwsService, String), Arc<Regional>>>,
+}
+
+/// The offers of one service in one region.
+#[derive(Debug)]
+struct Regional {
+    offers: Vec<OfferKey>,
+    /// Position in `offers` by offer ID.
+    by_id: HashMap<String, usize>,
+}
+
+/// An offer without its borrowed catalog entry.
+#[derive(Debug)]
+struct OfferKey {
+    /// Position of the entry in its catalog section.
+    entry: usize,
+    id: String,
+    zone: Option<String>,
+}
+
+impl Offerings {
+    /// Derives the Savings Plans offering IDs of `catalog`.
+    pub fn new(catalog: Catalog) -> Self {
+        let savings_plan_ids = catalog
+            .savings_plans
+            .iter()
+            .map(|o| o.id.clone().unwrap_or_else(|| savings_plan_id(o)))
+            .collect();
+        Self {
+            catalog,
+            savings_plan_ids,
+            regional: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The catalog itself.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The offerings of `service` sold in `region`, in catalog order; EC2's regional offerings
+    /// are each followed by their zonal ones.
+    pub fn offers(&self, service: AwsService, region: &str) -> Vec<Offer<'_>> {
+        let regional = self.regional(service, region);
+        regional
+            .offers
+            .iter()
+            .map(|key| self.offer_of(service, region, key))
+            .collect()
     }
 
     /// The offering with this ID in `region`.
     pub fn offer(&self, service: AwsService, region: &str, id: &str) -> Option<Offer<'_>> {
-        self.offers(service, region)
-            .into_iter()
-            .find(|o| o.id == id)
+        let regional = self.regional(service, region);
+        let key = &regional.offers[*regional.by_id.get(id)?];
+        Some(self.offer_of(service, region, key))
     }
 
-    /// Savings Plans offerings with their IDs.
-    pub fn savings_plans(&self) -> Vec<(String, &SavingsPlanOffering)> {
-        self.savings_plans
+    /// Savings Plans offerings with their IDs, in catalog order.
+    pub fn savings_plans(&self) -> impl Iterator<Item = (&str, &SavingsPlanOffering)> {
+        self.savings_plan_ids
             .iter()
-            .map(|o| (o.id.clone().unwrap_or_else(|| savings_plan_id(o)), o))
-            .collect()
+            .map(String::as_str)
+            .zip(&self.catalog.savings_plans)
+    }
+
+    /// The Savings Plans offering with this ID.
+    pub fn savings_plan(&self, id: &str) -> Option<&SavingsPlanOffering> {
+        self.savings_plans()
+            .find(|(offering_id, _)| *offering_id == id)
+            .map(|(_, o)| o)
+    }
+
+    fn regional(&self, service: AwsService, region: &str) -> Arc<Regional> {
+        let key = (service, region.to_string());
+        if let Some(regional) = self
+            .regional
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Arc::clone(regional);
+        }
+        // Derived outside the lock; two first lookups at once derive the same offers twice.
+        let derived = Arc::new(self.catalog.derive_offers(service, region));
+        let mut regional = self
+            .regional
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(regional.entry(key).or_insert(derived))
+    }
+
+    fn offer_of(&self, service: AwsService, region: &str, key: &OfferKey) -> Offer<'_> {
+        Offer {
+            id: key.id.clone(),
+            region: region.to_string(),
+            offering: &self.catalog.reservations(service)[key.entry],
+            zone: key.zone.clone(),
+        }
     }
 }
 
@@ -229,7 +343,7 @@ mod tests {
 
     #[test]
     fn every_ec2_worker_query_matches_one_regional_and_one_offering_per_zone() {
-        let catalog = Catalog::builtin();
+        let catalog = Offerings::new(Catalog::builtin());
         let offers = catalog.offers(AwsService::Ec2, "us-east-1");
         for o in &offers {
             let same: Vec<&Offer<'_>> = offers
@@ -249,7 +363,7 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_differ_by_region() {
-        let catalog = Catalog::builtin();
+        let catalog = Offerings::new(Catalog::builtin());
         let east = catalog.offers(AwsService::Rds, "us-east-1");
         let west = catalog.offers(AwsService::Rds, "us-west-2");
         assert_eq!(

@@ -35,7 +35,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use aws::{Offer, PaymentOption, ReservationOffering, SavingsPlanOffering, ZONE_SUFFIXES};
+pub use aws::{
+    Offer, Offerings, PaymentOption, ReservationOffering, SavingsPlanOffering, ZONE_SUFFIXES,
+};
 pub use azure::AzureSku;
 
 /// Seconds in a one-year term.

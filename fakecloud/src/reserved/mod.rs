@@ -275,7 +275,7 @@ fn purchase<S: ReservedService>(
     let (id, handle) = match key {
         Key::Id { chosen, taken } => {
             let id = chosen.unwrap_or_else(|| S::new_id(call, &mut store));
-            if in_scope::<S>(call, &store).any(|r| same_id::<S>(&r.id, &id)) {
+            if with_id::<S>(call, &store, &id).next().is_some() {
                 return Err(taken(&id));
             }
             (id.clone(), Some(id))
@@ -285,7 +285,12 @@ fn purchase<S: ReservedService>(
             unique,
             taken,
         } => {
-            if unique && in_scope::<S>(call, &store).any(|r| r.handle.as_ref() == Some(&name)) {
+            let service = S::SERVICE.ledger_name();
+            if unique
+                && store
+                    .with_handle(service, call.account(), &name)
+                    .any(|r| r.region == call.region)
+            {
                 return Err(taken(&name));
             }
             (S::new_id(call, &mut store), Some(name))
@@ -314,16 +319,20 @@ fn describe<S: ReservedService>(
     input: &Input<'_, S>,
 ) -> Result<Response, ApiError> {
     let lookup = S::reservations_lookup(input)?;
-    let mut found: Vec<Commitment> = in_scope::<S>(call, &call.shared.store())
-        .filter(|r| {
-            lookup
-                .id
-                .as_deref()
-                .is_none_or(|id| same_id::<S>(&r.id, id))
-                && lookup.criteria.reservation_matches(r)
-        })
-        .cloned()
-        .collect();
+    let mut found: Vec<Commitment> = {
+        let store = call.shared.store();
+        let matches = |r: &&Commitment| lookup.criteria.reservation_matches(r);
+        match lookup.id.as_deref() {
+            Some(id) => with_id::<S>(call, &store, id)
+                .filter(matches)
+                .cloned()
+                .collect(),
+            None => in_scope::<S>(call, &store)
+                .filter(matches)
+                .cloned()
+                .collect(),
+        }
+    };
     if call.faults.lookup_empty {
         found.clear();
     }
@@ -344,6 +353,18 @@ fn in_scope<'s, S: ReservedService>(
     store: &'s Store,
 ) -> impl Iterator<Item = &'s Commitment> + 's {
     store.scoped(S::SERVICE.ledger_name(), call.account(), call.region)
+}
+
+/// The reservations of `S` in the call's account and region under reservation ID `id`, oldest
+/// first.
+fn with_id<'s, S: ReservedService>(
+    call: &'s Call<'_>,
+    store: &'s Store,
+    id: &'s str,
+) -> impl Iterator<Item = &'s Commitment> + 's {
+    store.with_id(id).filter(move |r| {
+        r.is_in(S::SERVICE.ledger_name(), call.account(), call.region) && same_id::<S>(&r.id, id)
+    })
 }
 
 fn same_id<S: ReservedService>(a: &str, b: &str) -> bool {
