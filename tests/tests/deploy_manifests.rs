@@ -698,13 +698,33 @@ fn compose_builds_dockerfile_targets_and_enables_the_rabbitmq_plugins() {
             }
         }
     }
+    // `${BUYONCE_RABBITMQ_IMAGE:-rabbitmq:…}`: what a user gets is the default.
+    let image_of = |s: &Value| {
+        let image = str_at(s, &["image"]).unwrap_or_default();
+        match image.strip_prefix("${").and_then(|i| i.strip_suffix('}')) {
+            Some(var) => var
+                .split_once(":-")
+                .map_or("", |(_, default)| default)
+                .to_owned(),
+            None => image.to_owned(),
+        }
+    };
     let rabbit = compose
         .services()
         .into_iter()
-        .find(|(_, s)| str_at(s, &["image"]).is_some_and(|i| i.starts_with("rabbitmq:")))
+        .find(|(_, s)| image_of(s).starts_with("rabbitmq:"))
         .expect("a rabbitmq service");
-    if !str_at(rabbit.1, &["image"]).unwrap().contains("management") {
+    if !image_of(rabbit.1).contains("management") {
         problems.push("rabbitmq: use a -management image".into());
+    }
+    for (name, service) in compose.services() {
+        if str_at(service, &["build", "target"]).is_some()
+            && at(service, &["read_only"]).as_bool() != Some(true)
+        {
+            problems.push(format!(
+                "service {name}: read_only: true (the image writes nothing)"
+            ));
+        }
     }
     let plugins = items(at(rabbit.1, &["volumes"]))
         .iter()
