@@ -227,14 +227,15 @@ fn example() -> Value {
     serde_json::from_slice(&std::fs::read(repo().join("examples/execution.json")).unwrap()).unwrap()
 }
 
-/// An execution of `n` recommendations taken round-robin from the example's of `services`.
-fn execution_of(id: &str, services: &[&str], n: usize) -> Value {
+/// An execution of `n` AWS recommendations taken round-robin from the example's (one of each
+/// AWS service, two Savings Plans).
+fn aws_execution(id: &str, n: usize) -> Value {
     let mut doc = example();
     let aws: Vec<Value> = doc["recommendations"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| services.iter().any(|s| r["service"] == *s))
+        .filter(|r| r["provider"] == "aws")
         .cloned()
         .collect();
     doc["execution_id"] = json!(id);
@@ -384,19 +385,7 @@ async fn the_compose_fleet_buys_once_scales_survives_a_lost_worker_and_stops_cle
         )]))
         .await
         .unwrap();
-    let doc = execution_of(
-        "fleet-lost-worker",
-        &[
-            "ec2",
-            "savings-plans",
-            "rds",
-            "elasticache",
-            "memorydb",
-            "opensearch",
-            "redshift",
-        ],
-        24,
-    );
+    let doc = aws_execution("fleet-lost-worker", 24);
     api.submit(&doc).await;
     documents.push(doc.clone());
     // The worker to kill is one with purchases of this execution in flight (its log names
