@@ -375,22 +375,15 @@ impl Store {
         &self.commitments
     }
 
-    /// Positions of a service's commitments in one account, oldest first.
-    fn positions(&self, service: &str, account: &str) -> &[usize] {
-        self.by_account
-            .get(&(service.to_owned(), account.to_owned()))
-            .map_or(&[], Vec::as_slice)
-    }
-
     /// Commitments of a service in one account (every region), in creation order.
     pub fn in_account<'a>(
         &'a self,
         service: &str,
         account: &str,
     ) -> impl Iterator<Item = &'a Commitment> + 'a {
-        self.positions(service, account)
-            .iter()
-            .map(|&at| &self.commitments[at])
+        self.at(self
+            .by_account
+            .get(&(service.to_owned(), account.to_owned())))
     }
 
     /// Commitments of a service in one account and region, in creation order.
