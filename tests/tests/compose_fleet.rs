@@ -39,14 +39,13 @@ struct Fleet {
 
 impl Fleet {
     fn compose(&self, args: &[&str]) -> Output {
-        let output = Command::new("docker")
+        Command::new("docker")
             .current_dir(repo())
             .args(["compose", "-p", &self.project, "-f", "docker/compose.yaml"])
             .args(["-f", "tests/fleet/compose.test.yaml"])
             .args(args)
             .output()
-            .expect("running docker compose (is compose v2 installed? tests/fleet/run.sh)");
-        output
+            .expect("running docker compose (is compose v2 installed? tests/fleet/run.sh)")
     }
 
     /// `docker compose …`, which must succeed; its stdout.
@@ -62,30 +61,26 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Container IDs `docker compose ps -q <args>` lists.
+    fn ids(&self, args: &[&str]) -> Vec<String> {
+        self.ok(&[&["ps", "-q"], args].concat())
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Container IDs of a service, running or not.
     fn containers(&self, service: &str) -> Vec<String> {
-        self.ok(&["ps", "-a", "-q", service])
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect()
+        self.ids(&["-a", service])
     }
 
     fn running(&self, service: &str) -> Vec<String> {
-        self.ok(&["ps", "-q", "--status", "running", service])
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect()
+        self.ids(&["--status", "running", service])
     }
 
     fn logs(&self) -> String {
-        let out = self.compose(&["logs", "--no-color", "--no-log-prefix"]);
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        output_text(&self.compose(&["logs", "--no-color", "--no-log-prefix"]))
     }
 }
 
@@ -114,7 +109,11 @@ fn docker_inspect(id: &str) -> Value {
 }
 
 fn container_log(id: &str) -> String {
-    let out = Command::new("docker").args(["logs", id]).output().unwrap();
+    output_text(&Command::new("docker").args(["logs", id]).output().unwrap())
+}
+
+/// A command's stdout and stderr (a container's log is both).
+fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
