@@ -496,3 +496,173 @@ async fn a_row_that_does_not_parse_is_invalid_naming_the_column() {
     }
     db.cleanup().await.unwrap();
 }
+
+/// Postgres transaction IDs handed out so far (each write transaction takes one).
+async fn xids(db: &TestDb) -> i64 {
+    let client = db.store.pool().get().await.unwrap();
+    let row = client
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+fn recorded(commitment_id: String, cost_usd: f64) -> Recorded {
+    Recorded {
+        commitment_id,
+        cost_usd: Some(cost_usd),
+        how: "purchased",
+        tag_pending: false,
+        exclusive: false,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claims_and_records_share_transactions_with_per_item_outcomes() {
+    let db = TestDb::new(4).await.unwrap();
+    let doc = document("exec-group", 64);
+    let msgs = submitted(&db, &doc).await;
+    let before = db.store.group_stats();
+    let xid_before = xids(&db).await;
+
+    // 64 claims at once, plus a second copy of four of them: each copy is its own statement,
+    // and exactly one copy of an item wins, whether or not they landed in one group.
+    let copies = msgs.iter().chain(&msgs[..4]);
+    let claims = futures::future::join_all(copies.map(|m| db.store.claim(m, STALE))).await;
+    let claims: Vec<Claim> = claims.into_iter().map(Result::unwrap).collect();
+    for (i, msg) in msgs.iter().enumerate() {
+        let mine: Vec<&Claim> = claims
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % 64 == i)
+            .map(|(_, c)| c)
+            .collect();
+        let won = mine
+            .iter()
+            .filter(|c| matches!(c, Claim::Claimed { attempts: 1, .. }))
+            .count();
+        assert_eq!(won, 1, "rec {}: {mine:?}", msg.rec_index);
+        if i < 4 {
+            assert!(mine.contains(&&Claim::OwnedElsewhere), "rec {i}: {mine:?}");
+        }
+    }
+    let records = futures::future::join_all(msgs.iter().enumerate().map(|(i, m)| {
+        let r = recorded(format!("ri-{i}"), i as f64);
+        let store = &db.store;
+        async move { store.record_success(&m.token, &r).await }
+    }))
+    .await;
+    for r in records {
+        assert_eq!(r.unwrap(), Recording::Recorded(doc.execution_id.clone()));
+    }
+    let after = db.store.group_stats();
+    let statements = after.statements - before.statements;
+    let transactions = after.transactions - before.transactions;
+    let xid_used = xids(&db).await - xid_before;
+    assert_eq!(statements, 64 + 4 + 64);
+    assert_eq!(after.fallbacks, before.fallbacks, "{after:?}");
+    // Grouped: far fewer transactions than statements, and Postgres agrees.
+    assert!(
+        transactions * 4 <= statements,
+        "{statements} statements in {transactions} transactions"
+    );
+    assert!(
+        xid_used <= transactions as i64 + 1,
+        "{xid_used} write transactions for {transactions} groups"
+    );
+    let ledger = db.store.commitments(Some(&doc.execution_id)).await.unwrap();
+    assert_eq!(ledger.len(), 64);
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_group_with_a_failing_statement_rolls_back_and_answers_each_on_its_own() {
+    let db = TestDb::new(4).await.unwrap();
+    let doc = document("exec-group-fail", 20);
+    let msgs = submitted(&db, &doc).await;
+    for m in &msgs {
+        assert!(matches!(
+            db.store.claim(m, STALE).await.unwrap(),
+            Claim::Claimed { .. }
+        ));
+    }
+    let before = db.store.group_stats();
+    // Item 7's cost does not fit NUMERIC(20, 6): its statement fails, and with it the
+    // transaction of whatever group it is in.
+    let records = futures::future::join_all(msgs.iter().enumerate().map(|(i, m)| {
+        let cost = if i == 7 { 1e15 } else { i as f64 };
+        let r = recorded(format!("ri-{i}"), cost);
+        let store = &db.store;
+        async move { store.record_success(&m.token, &r).await }
+    }))
+    .await;
+    for (i, r) in records.into_iter().enumerate() {
+        if i == 7 {
+            let e = r.expect_err("a cost that does not fit must fail");
+            assert!(e.to_string().contains("numeric field overflow"), "{e}");
+        } else {
+            assert_eq!(
+                r.unwrap(),
+                Recording::Recorded(doc.execution_id.clone()),
+                "rec {i}"
+            );
+        }
+    }
+    let after = db.store.group_stats();
+    assert!(
+        after.fallbacks > before.fallbacks,
+        "no group failed: {after:?}"
+    );
+    let ledger = db.store.commitments(Some(&doc.execution_id)).await.unwrap();
+    assert_eq!(ledger.len(), 19);
+    let item7 = db
+        .store
+        .item_by_token(&msgs[7].token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        item7.status,
+        ItemStatus::Running,
+        "the failed record wrote nothing"
+    );
+    db.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_workers_claiming_the_same_items_in_opposite_orders_neither_deadlock_nor_share() {
+    let db = TestDb::new(4).await.unwrap();
+    let other = buyonce_shared::store::Store::new(db::connect(&db.config).await.unwrap());
+    let doc = document("exec-group-two", 48);
+    let msgs = submitted(&db, &doc).await;
+    let forward = futures::future::join_all(msgs.iter().map(|m| db.store.claim(m, STALE)));
+    let backward = futures::future::join_all(msgs.iter().rev().map(|m| other.claim(m, STALE)));
+    let (a, b) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(forward, backward)
+    })
+    .await
+    .expect("claims answered (no group waits on another forever)");
+    let b: Vec<_> = b.into_iter().rev().collect();
+    for (i, (a, b)) in a.into_iter().zip(b).enumerate() {
+        let wins = [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|c| matches!(c, Claim::Claimed { .. }))
+            .count();
+        assert_eq!(wins, 1, "exactly one worker claims rec {i}");
+    }
+    // Both lock rows in token order, so no group hit a deadlock (which Postgres would break by
+    // failing one of them after `deadlock_timeout`).
+    assert_eq!(
+        db.store.group_stats().fallbacks,
+        0,
+        "{:?}",
+        db.store.group_stats()
+    );
+    assert_eq!(
+        other.group_stats().fallbacks,
+        0,
+        "{:?}",
+        other.group_stats()
+    );
+    db.cleanup().await.unwrap();
+}

@@ -112,6 +112,17 @@ async fn a_panicking_handler_returns_its_message_to_the_queue_and_is_counted() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no panic counter in {metrics}"));
     assert!(panics >= 1, "{metrics}");
+    // Both claims went through the store's group commit, and its counters are exported.
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(counter("buyonce_database_statements_total") >= 2, "{metrics}");
+    assert!(counter("buyonce_database_transactions_total") >= 1, "{metrics}");
+    assert_eq!(counter("buyonce_database_group_fallbacks_total"), 0, "{metrics}");
     assert!(
         metrics.contains("buyonce_in_flight 0"),
         "the in-flight gauge came back down: {metrics}"

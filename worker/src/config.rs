@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     pub azure: Option<AzureSettings>,
     /// Also archive the dead-letter queue into Postgres.
     pub archive_dead_letters: bool,
+    /// Hot-path compare-and-sets share transactions (`BUYONCE_DATABASE_GROUP_COMMIT`).
+    pub group_commit: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9101";
@@ -106,6 +108,7 @@ impl WorkerConfig {
             aws: AwsSettings::from_source(env),
             azure,
             archive_dead_letters: true,
+            group_commit: config::parse_bool(env, &vars::DATABASE_GROUP_COMMIT)?,
             common,
         })
     }

@@ -136,6 +136,14 @@ impl Metrics {
         }
     }
 
+    /// Exports the store's group-commit counters (`buyonce_database_statements_total`,
+    /// `buyonce_database_transactions_total`, `buyonce_database_group_fallbacks_total`): their
+    /// ratio says how many items one commit carries.
+    pub fn watch_store(&mut self, store: buyonce_shared::store::Store) {
+        self.registry
+            .register_collector(Box::new(GroupCommitCollector(store)));
+    }
+
     /// Text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -150,5 +158,47 @@ impl crate::http::MetricsSource for Metrics {
     }
     fn set_paused(&self, paused: bool) {
         self.paused.set(i64::from(paused));
+    }
+}
+
+/// Reads [`buyonce_shared::store::Store::group_stats`] at each scrape.
+struct GroupCommitCollector(buyonce_shared::store::Store);
+
+impl std::fmt::Debug for GroupCommitCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupCommitCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for GroupCommitCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let stats = self.0.group_stats();
+        for (name, help, value) in [
+            (
+                "database_statements",
+                "Hot-path compare-and-sets written (claim, pre-buy check, record)",
+                stats.statements,
+            ),
+            (
+                "database_transactions",
+                "Transactions those statements were committed in (group commit: fewer than statements under load)",
+                stats.transactions,
+            ),
+            (
+                "database_group_fallbacks",
+                "Group transactions that failed as a whole and were written again statement by statement",
+                stats.fallbacks,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }

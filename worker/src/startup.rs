@@ -58,8 +58,10 @@ pub async fn spawn_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
     let pool = connect_db_with_retry(&config, &shutdown).await?;
-    let store = Store::new(pool);
-    let metrics = Arc::new(Metrics::new());
+    let store = Store::new(pool).with_group_commit(config.group_commit);
+    let mut metrics = Metrics::new();
+    metrics.watch_store(store.clone());
+    let metrics = Arc::new(metrics);
     let mut registry = executors_for(&config).await?;
     tweak_executors(&mut registry);
     let handler = Arc::new(Handler::new(

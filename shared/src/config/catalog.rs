@@ -98,6 +98,14 @@ pub mod vars {
         read_by: ALL_BINS,
         secret: false,
     };
+    pub const DATABASE_GROUP_COMMIT: VarSpec = VarSpec {
+        name: "BUYONCE_DATABASE_GROUP_COMMIT",
+        default: Some("true"),
+        expected: "true or false",
+        doc: "Let concurrent claims, pre-buy checks and records share one Postgres transaction (each keeps its own compare-and-set outcome); `false` commits each on its own.",
+        read_by: WORKER,
+        secret: false,
+    };
     pub const AMQP_HEARTBEAT: VarSpec = VarSpec {
         name: "BUYONCE_AMQP_HEARTBEAT",
         default: Some("15s"),
@@ -359,6 +367,7 @@ pub mod vars {
         DATABASE_POOL_SIZE,
         DATABASE_STATEMENT_TIMEOUT,
         DATABASE_TCP_TIMEOUT,
+        DATABASE_GROUP_COMMIT,
         AMQP_HEARTBEAT,
         QUEUE_PREFIX,
         DELIVERY_LIMIT,

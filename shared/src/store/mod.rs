@@ -6,6 +6,7 @@ pub mod commitments;
 pub mod control;
 pub mod dead_letters;
 pub mod executions;
+mod group;
 pub mod items;
 pub mod locks;
 
@@ -19,6 +20,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::Row;
 
 pub use executions::{ExecutionRow, ExecutionStatus};
+pub use group::GroupStats;
 pub use items::{ItemRow, ItemStatus};
 
 /// The statements an item runs on its way through the fleet (submit and the reaper aside), by
@@ -175,6 +177,8 @@ pub struct Store {
     /// says where the connections are instead of only "timeout".
     held: Arc<Mutex<HashMap<u64, Holder>>>,
     next_id: Arc<AtomicU64>,
+    /// The hot path's compare-and-sets waiting to share a transaction ([`group`]).
+    groups: Arc<group::GroupQueue>,
 }
 
 /// One checked-out connection: which store function, since when, in which task.
@@ -218,6 +222,7 @@ impl Store {
             pool,
             held: Arc::default(),
             next_id: Arc::default(),
+            groups: Arc::new(group::GroupQueue::new(true)),
         }
     }
 

@@ -61,6 +61,10 @@ struct Cli {
     /// Rows in the reaper table [default 1000000, quick 100000].
     #[arg(long)]
     reaper_rows: Option<i64>,
+    /// The workers' `BUYONCE_DATABASE_GROUP_COMMIT` (`false`: each hot-path write commits on
+    /// its own, for a before/after on one build).
+    #[arg(long, default_value = "true", value_parser = ["true", "false"])]
+    group_commit: String,
     /// Only these sections (comma-separated: raw,e2e,redelivery,latency,memory,reaper).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -117,6 +121,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()))
                 .map(|kb| (kb / 1024.0 / 1024.0).round()),
             "quick": cli.quick,
+            "group_commit": cli.group_commit,
         }),
         ..Report::default()
     };
@@ -414,6 +419,7 @@ async fn end_to_end(
                     ("BUYONCE_CONCURRENCY", concurrency.as_str()),
                     ("BUYONCE_PER_ACCOUNT_CONCURRENCY", concurrency.as_str()),
                     ("BUYONCE_DATABASE_POOL_SIZE", "12"),
+                    ("BUYONCE_DATABASE_GROUP_COMMIT", cli.group_commit.as_str()),
                     // Production default (the test harness uses 500 ms to keep tests fast).
                     ("BUYONCE_HEARTBEAT_INTERVAL", "10s"),
                 ],
@@ -818,6 +824,7 @@ async fn latency_scaling(cli: &Cli) -> anyhow::Result<(Vec<Value>, Value)> {
                 ("BUYONCE_CONCURRENCY", c.as_str()),
                 ("BUYONCE_PER_ACCOUNT_CONCURRENCY", c.as_str()),
                 ("BUYONCE_DATABASE_POOL_SIZE", "16"),
+                ("BUYONCE_DATABASE_GROUP_COMMIT", cli.group_commit.as_str()),
                 ("BUYONCE_HEARTBEAT_INTERVAL", "10s"),
             ],
             &logs.path().join(format!("worker-{concurrency}.log")),

@@ -96,21 +96,21 @@ impl Store {
     /// fleet not paused. When nothing matches, a second query says why.
     #[tracing::instrument(skip_all, fields(execution.id = %msg.execution_id, item.rec_index = %msg.rec_index, token = %msg.token))]
     pub async fn claim(&self, msg: &PurchaseMessage, stale_after: Duration) -> StoreResult<Claim> {
-        let client = self.conn("claim").await?;
         let claim_id = Uuid::new_v4();
         let recommendation = serde_json::to_value(&msg.recommendation)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let stmt = client.prepare_cached(CLAIM_SQL).await?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &msg.execution_id.as_str(),
-                    &msg.rec_index.as_i32(),
-                    &msg.token.as_str(),
-                    &claim_id,
-                    &recommendation,
-                    &secs(stale_after),
+        let rows = self
+            .grouped(
+                "claim",
+                CLAIM_SQL,
+                msg.token.as_str(),
+                vec![
+                    Box::new(msg.execution_id.as_str().to_owned()),
+                    Box::new(msg.rec_index.as_i32()),
+                    Box::new(msg.token.as_str().to_owned()),
+                    Box::new(claim_id),
+                    Box::new(recommendation.clone()),
+                    Box::new(secs(stale_after)),
                 ],
             )
             .await?;
@@ -123,6 +123,7 @@ impl Store {
             });
         }
         // Nothing matched: find out why (advisory; the row may move again meanwhile).
+        let client = self.conn("claim_miss").await?;
         let why = client.prepare_cached(CLAIM_MISS_SQL).await?;
         let row = client
             .query_opt(
@@ -181,11 +182,17 @@ impl Store {
         token: &IdempotencyToken,
         claim_id: Uuid,
     ) -> StoreResult<BuyCheck> {
-        let client = self.conn("confirm_before_buy").await?;
-        let stmt = client.prepare_cached(CONFIRM_BEFORE_BUY_SQL).await?;
-        let row = client
-            .query_one(&stmt, &[&token.as_str(), &claim_id])
+        let rows = self
+            .grouped(
+                "confirm_before_buy",
+                CONFIRM_BEFORE_BUY_SQL,
+                token.as_str(),
+                vec![Box::new(token.as_str().to_owned()), Box::new(claim_id)],
+            )
             .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Invalid("confirm_before_buy returned no row".into()))?;
         Ok(if row.try_get::<_, bool>(0)? {
             BuyCheck::Paused
         } else if row.try_get::<_, bool>(1)? {
@@ -224,27 +231,31 @@ impl Store {
         token: &IdempotencyToken,
         recorded: &Recorded,
     ) -> StoreResult<Recording> {
-        let client = self.conn("record_success").await?;
-        let stmt = client.prepare_cached(RECORD_SUCCESS_SQL).await?;
-        let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &token.as_str(),
-                    &recorded.commitment_id,
-                    &recorded.cost_usd,
-                    &recorded.how,
-                    &recorded.tag_pending,
-                    &recorded.exclusive,
+        let rows = self
+            .grouped(
+                "record_success",
+                RECORD_SUCCESS_SQL,
+                token.as_str(),
+                vec![
+                    Box::new(token.as_str().to_owned()),
+                    Box::new(recorded.commitment_id.clone()),
+                    Box::new(recorded.cost_usd),
+                    Box::new(recorded.how),
+                    Box::new(recorded.tag_pending),
+                    Box::new(recorded.exclusive),
                 ],
             )
             .await?;
-        if let Some(execution) = parsed_opt(&row, 0, ExecutionId::parse)? {
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Invalid("record_success returned no row".into()))?;
+        if let Some(execution) = parsed_opt(row, 0, ExecutionId::parse)? {
             return Ok(Recording::Recorded(execution));
         }
-        if let Some(other) = parsed_opt(&row, 1, IdempotencyToken::parse)? {
+        if let Some(other) = parsed_opt(row, 1, IdempotencyToken::parse)? {
             return Ok(Recording::TakenBy(other.mask()));
         }
+        let client = self.conn("record_success").await?;
         Ok(
             match cas_miss::<()>(&client, ITEM_STATUS, token.as_str()).await? {
                 Cas::NotFound => Recording::NotFound,
