@@ -666,3 +666,45 @@ async fn two_workers_claiming_the_same_items_in_opposite_orders_neither_deadlock
     );
     db.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_row_locked_elsewhere_holds_up_only_its_own_item_not_its_group() {
+    let db = TestDb::new(4).await.unwrap();
+    let doc = document("exec-group-locked", 10);
+    let msgs = submitted(&db, &doc).await;
+    // Another session (an operator's open psql transaction, say) holds item 3's row.
+    let locker_pool = db::connect(&db.config).await.unwrap();
+    let mut locker = locker_pool.get().await.unwrap();
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM purchase_items WHERE token = $1 FOR UPDATE",
+        &[&msgs[3].token.as_str()],
+    )
+    .await
+    .unwrap();
+    let before = db.store.group_stats();
+    let started = std::time::Instant::now();
+    let claims = futures::future::join_all(msgs.iter().map(|m| {
+        let store = &db.store;
+        async move { (store.claim(m, STALE).await.unwrap(), started.elapsed()) }
+    }));
+    let release = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tx.commit().await.unwrap();
+        started.elapsed()
+    };
+    let (claims, released) = tokio::join!(claims, release);
+    for (i, (claim, took)) in claims.iter().enumerate() {
+        assert!(matches!(claim, Claim::Claimed { .. }), "rec {i}: {claim:?}");
+        if i == 3 {
+            assert!(*took >= released, "rec 3 claimed while its row was locked");
+        } else {
+            assert!(
+                *took < released,
+                "rec {i} waited for rec 3's lock: claimed after {took:?}, lock released after {released:?}"
+            );
+        }
+    }
+    assert!(db.store.group_stats().fallbacks > before.fallbacks);
+    db.cleanup().await.unwrap();
+}

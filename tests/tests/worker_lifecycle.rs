@@ -120,9 +120,19 @@ async fn a_panicking_handler_returns_its_message_to_the_queue_and_is_counted() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {metrics}"))
     };
-    assert!(counter("buyonce_database_statements_total") >= 2, "{metrics}");
-    assert!(counter("buyonce_database_transactions_total") >= 1, "{metrics}");
-    assert_eq!(counter("buyonce_database_group_fallbacks_total"), 0, "{metrics}");
+    assert!(
+        counter("buyonce_database_statements_total") >= 2,
+        "{metrics}"
+    );
+    assert!(
+        counter("buyonce_database_transactions_total") >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter("buyonce_database_group_fallbacks_total"),
+        0,
+        "{metrics}"
+    );
     assert!(
         metrics.contains("buyonce_in_flight 0"),
         "the in-flight gauge came back down: {metrics}"

@@ -14,18 +14,21 @@
 //!   new piece of SQL to trust.)
 //! * **Atomicity decides the outcome.** A caller is answered only after `COMMIT` returned: a
 //!   claim or a record it is told about is durable, as before. When any statement of a group
-//!   fails (a deadlock, a timeout, a constraint), the whole transaction rolled back, so nothing
-//!   of it happened; every statement of the group then runs again alone, in its own
-//!   transaction, and gets its own answer. A caller never learns of a write that did not
-//!   commit, and no write of a failed group survives to be mistaken for another's.
+//!   fails (a deadlock, a lock or statement timeout, a constraint), the whole transaction rolled
+//!   back, so nothing of it happened; each caller then writes its own statement alone, on its
+//!   own connection, exactly as without group commit. A caller never learns of a write that did
+//!   not commit, and no write of a failed group survives to be mistaken for another's.
 //! * **Locks.** A group holds its rows' locks until its commit. The statements run in token
 //!   order, so two groups (in one worker or in two) take the rows they share in the same order
-//!   and cannot deadlock each other; a deadlock with some other multi-row statement (the
-//!   reaper's batch) is detected by Postgres and ends in the fall-back above.
+//!   and cannot deadlock each other. A group waits at most [`GROUP_LOCK_TIMEOUT`] for a row
+//!   someone else holds, then gives way (rolls back; see above): one locked row holds up only
+//!   its own item, and in a lock cycle with a multi-row statement (the relay's
+//!   `mark_published`, the reaper's batch, a cancel) the group yields before Postgres's
+//!   deadlock check (after `deadlock_timeout`, 1 s by default) would fail that statement.
 //! * **No waiting to form a group.** A statement that finds fewer than
-//!   [`CONCURRENT_GROUPS`] groups in flight starts one at once, alone if it is alone: an idle
-//!   fleet pays one autocommit statement, as before. Groups form only while others are being
-//!   written, i.e. under load, when they are worth it.
+//!   [`CONCURRENT_GROUPS`] groups in flight starts one at once, alone if it is alone (then
+//!   `BEGIN`, the lock timeout and `COMMIT` cost two round trips more than a bare statement).
+//!   Groups form only while others are being written, i.e. under load, when they are worth it.
 //!
 //! A group is written by a spawned task, so a caller that goes away (a drained consumer)
 //! cannot cut another caller's statement off mid-transaction.
@@ -43,6 +46,12 @@ use super::{Store, StoreError, StoreResult};
 pub(crate) const CONCURRENT_GROUPS: usize = 2;
 /// The most statements in one group: bounds how long a group holds its row locks.
 pub(crate) const MAX_GROUP: usize = 32;
+/// The longest a group waits for a row lock another transaction holds before it gives up
+/// (rolls back; each statement is then written alone). Well under Postgres's default
+/// `deadlock_timeout` (1 s): in a lock cycle with a multi-row statement of the relay, the
+/// reaper or a cancel, the group gives way before the deadlock check would pick a victim, so
+/// that statement is never the one failed.
+pub(crate) const GROUP_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A parameter a grouped statement owns (it outlives its caller's borrow).
 pub(crate) type Param = Box<dyn ToSql + Send + Sync>;
@@ -55,7 +64,15 @@ struct Pending {
     params: Vec<Param>,
     /// The item's token: groups lock their rows in this order.
     token: String,
-    reply: oneshot::Sender<StoreResult<Vec<Row>>>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// A group's answer to one of its statements.
+enum Answer {
+    /// The group committed; the statement's rows.
+    Rows(Vec<Row>),
+    /// The group failed as a whole and wrote nothing: write the statement alone.
+    Alone(Vec<Param>),
 }
 
 /// The statements waiting, and how many groups are being written.
@@ -127,10 +144,8 @@ impl Store {
         params: Vec<Param>,
     ) -> StoreResult<Vec<Row>> {
         if !self.groups.enabled {
-            let client = self.conn(what).await?;
-            self.groups.count(1, 1, 0);
-            let stmt = client.prepare_cached(sql).await?;
-            return Ok(client.query(&stmt, &refs(&params)).await?);
+            self.groups.count(1, 0, 0);
+            return self.write_alone(what, sql, &params).await;
         }
         let (reply, answer) = oneshot::channel();
         let start_writer = {
@@ -156,9 +171,13 @@ impl Store {
             let store = self.clone();
             tokio::spawn(async move { store.write_groups().await });
         }
-        answer
-            .await
-            .map_err(|_| StoreError::Invalid(format!("{what}: its group was abandoned")))?
+        match answer.await {
+            Ok(Answer::Rows(rows)) => Ok(rows),
+            Ok(Answer::Alone(params)) => self.write_alone(what, sql, &params).await,
+            Err(_) => Err(StoreError::Invalid(format!(
+                "{what}: its group was abandoned"
+            ))),
+        }
     }
 
     /// How many grouped statements went through how many transactions, since start.
@@ -198,41 +217,43 @@ impl Store {
         } else {
             "group"
         };
-        let mut client = match self.conn(what).await {
-            Ok(c) => c,
-            Err(e) => {
-                let text = match &e {
-                    StoreError::Pool(text) => text.clone(),
-                    other => other.to_string(),
-                };
-                for p in group {
-                    let _ = p.reply.send(Err(StoreError::Pool(text.clone())));
-                }
-                return;
-            }
-        };
         self.groups.count(group.len() as u64, 0, 0);
-        if group.len() > 1 {
-            match write_together(&mut client, &group).await {
-                Ok(results) => {
-                    self.groups.count(0, 1, 0);
-                    for (p, rows) in group.into_iter().zip(results) {
-                        let _ = p.reply.send(Ok(rows));
-                    }
-                    return;
+        let written = match self.conn(what).await {
+            Ok(mut client) => write_together(&mut client, &group).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(results) => {
+                self.groups.count(0, 1, 0);
+                for (p, rows) in group.into_iter().zip(results) {
+                    let _ = p.reply.send(Answer::Rows(rows));
                 }
-                Err(e) => {
-                    self.groups.count(0, 0, 1);
-                    tracing::debug!(error = %e, statements = group.len(), "a group transaction failed as a whole (rolled back); writing its statements one by one");
+            }
+            Err(e) => {
+                // Nothing of the group happened. Each caller writes its own statement on its
+                // own connection, exactly as without group commit: one row lock held elsewhere
+                // then holds up only the item it belongs to.
+                self.groups.count(0, 0, 1);
+                tracing::debug!(error = %e, statements = group.len(), "a group transaction failed as a whole (rolled back); each statement is written on its own");
+                for p in group {
+                    let _ = p.reply.send(Answer::Alone(p.params));
                 }
             }
         }
-        // Alone: each statement its own transaction, with its own answer.
-        for p in group {
-            self.groups.count(0, 1, 0);
-            let result = write_alone(&client, &p).await;
-            let _ = p.reply.send(result);
-        }
+    }
+
+    /// One statement in its own transaction on a connection of its own (the path without group
+    /// commit, and a failed group's fall-back).
+    async fn write_alone(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        params: &[Param],
+    ) -> StoreResult<Vec<Row>> {
+        let client = self.conn(what).await?;
+        self.groups.count(0, 1, 0);
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query(&stmt, &refs(params)).await?)
     }
 }
 
@@ -256,23 +277,27 @@ async fn write_together(
     }
     let tx = client.transaction().await?;
     let params: Vec<_> = group.iter().map(|p| refs(&p.params)).collect();
-    // Polled together, the queries go out back to back and Postgres runs them in this order.
-    let results = futures::future::join_all(
-        statements
-            .iter()
-            .zip(&params)
-            .map(|(stmt, params)| tx.query(stmt, params)),
+    // Polled together, the commands go out back to back and Postgres runs them in this order:
+    // first the group's lock timeout, then the statements.
+    let lock_timeout = format!(
+        "SET LOCAL lock_timeout = {}",
+        GROUP_LOCK_TIMEOUT.as_millis()
+    );
+    let (limited, results) = futures::future::join(
+        tx.batch_execute(&lock_timeout),
+        futures::future::join_all(
+            statements
+                .iter()
+                .zip(&params)
+                .map(|(stmt, params)| tx.query(stmt, params)),
+        ),
     )
     .await;
+    limited?;
     let mut rows = Vec::with_capacity(results.len());
     for result in results {
         rows.push(result?);
     }
     tx.commit().await?;
     Ok(rows)
-}
-
-async fn write_alone(client: &deadpool_postgres::Object, p: &Pending) -> StoreResult<Vec<Row>> {
-    let stmt = client.prepare_cached(p.sql).await?;
-    Ok(client.query(&stmt, &refs(&p.params)).await?)
 }
