@@ -42,7 +42,7 @@ use tokio_postgres::Row;
 
 use super::{Store, StoreError, StoreResult};
 
-/// Groups written at the same time, each on its own connection.
+/// The most groups written at the same time, each on its own connection.
 pub(crate) const CONCURRENT_GROUPS: usize = 2;
 /// The most statements in one group: bounds how long a group holds its row locks.
 pub(crate) const MAX_GROUP: usize = 32;
@@ -161,7 +161,11 @@ impl Store {
                 token: token.to_owned(),
                 reply,
             });
-            let start = state.writers < CONCURRENT_GROUPS;
+            // One writer while it keeps up: the statements that wait for it make its next group
+            // bigger (measured: one writer carried SP+EC2 at 638 items/s, two at 502). A second
+            // starts only once a full group waits (a group stuck on a lock, or a burst).
+            let start = state.writers == 0
+                || (state.writers < CONCURRENT_GROUPS && state.waiting.len() >= MAX_GROUP);
             if start {
                 state.writers += 1;
             }
