@@ -23,7 +23,7 @@ pub fn handle(call: &Call<'_>) -> Result<Response, ApiError> {
     let body = match call.operation {
         "DescribeSavingsPlansOfferings" => describe_offerings(call, &input)?,
         "CreateSavingsPlan" => create(call, &input)?,
-        "DescribeSavingsPlans" => describe(call, &input)?,
+        "DescribeSavingsPlans" => return describe(call, &input),
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -409,7 +409,34 @@ fn create(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
     Ok(json!({ "savingsPlanId": id }))
 }
 
-fn plan_json(call: &Call<'_>, c: &Commitment) -> Value {
+/// One plan as `DescribeSavingsPlans` lists it, serialised from the ledger's fields without an
+/// intermediate `Value` (the guard lists every plan of the account before each purchase, which
+/// made building `Value`s most of fakecloud's work in the bench).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanOut<'a> {
+    offering_id: &'a str,
+    savings_plan_id: &'a str,
+    savings_plan_arn: String,
+    description: String,
+    start: String,
+    end: String,
+    state: String,
+    region: &'a Option<String>,
+    ec2_instance_family: &'a Option<String>,
+    savings_plan_type: &'a str,
+    payment_option: &'a str,
+    product_types: &'a [String],
+    currency: &'a str,
+    commitment: &'a str,
+    upfront_payment_amount: &'a str,
+    recurring_payment_amount: &'a str,
+    term_duration_in_seconds: i64,
+    tags: &'a BTreeMap<String, String>,
+    returnable_until: String,
+}
+
+fn plan_out<'a>(call: &Call<'_>, c: &'a Commitment) -> Option<PlanOut<'a>> {
     let Detail::SavingsPlan {
         plan_type,
         commitment,
@@ -421,29 +448,37 @@ fn plan_json(call: &Call<'_>, c: &Commitment) -> Value {
         ..
     } = &c.detail
     else {
-        return Value::Null;
+        return None;
     };
-    json!({
-        "offeringId": c.offering_id,
-        "savingsPlanId": c.id,
-        "savingsPlanArn": format!("arn:aws:savingsplans::{}:savingsplan/{}", c.account, c.id),
-        "description": format!("{} year {} {plan_type} Savings Plan", years(c.duration_seconds), c.payment),
-        "start": iso_time(c.created_at),
-        "end": iso_time(c.end()),
-        "state": c.state_at(call.now),
-        "region": offering_region,
-        "ec2InstanceFamily": instance_family,
-        "savingsPlanType": plan_type,
-        "paymentOption": c.payment,
-        "productTypes": product_types,
-        "currency": c.currency,
-        "commitment": commitment,
-        "upfrontPaymentAmount": upfront,
-        "recurringPaymentAmount": recurring,
-        "termDurationInSeconds": c.duration_seconds,
-        "tags": c.tags,
-        "returnableUntil": iso_time(c.created_at + TimeDelta::days(7)),
+    Some(PlanOut {
+        offering_id: &c.offering_id,
+        savings_plan_id: &c.id,
+        savings_plan_arn: plan_arn(c),
+        description: format!(
+            "{} year {} {plan_type} Savings Plan",
+            years(c.duration_seconds),
+            c.payment
+        ),
+        start: iso_time(c.created_at),
+        end: iso_time(c.end()),
+        state: c.state_at(call.now),
+        region: offering_region,
+        ec2_instance_family: instance_family,
+        savings_plan_type: plan_type,
+        payment_option: &c.payment,
+        product_types,
+        currency: &c.currency,
+        commitment,
+        upfront_payment_amount: upfront,
+        recurring_payment_amount: recurring,
+        term_duration_in_seconds: c.duration_seconds,
+        tags: &c.tags,
+        returnable_until: iso_time(c.created_at + TimeDelta::days(7)),
     })
+}
+
+fn plan_arn(c: &Commitment) -> String {
+    format!("arn:aws:savingsplans::{}:savingsplan/{}", c.account, c.id)
 }
 
 fn plan_matches(c: &Commitment, name: &str, values: &[String]) -> bool {
@@ -473,34 +508,47 @@ fn plan_matches(c: &Commitment, name: &str, values: &[String]) -> bool {
     values.contains(&actual)
 }
 
-fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Value, ApiError> {
+fn describe(call: &Call<'_>, input: &JsonInput) -> Result<Response, ApiError> {
     let ids = input.strings("savingsPlanIds")?;
     let arns = input.strings("savingsPlanArns")?;
     let states = check_values(input, "states", &STATES)?;
     let filters = name_values(input, "filters")?;
     let page_size = page_size(input)?;
-    let mut found: Vec<Value> = {
-        let store = call.shared.store();
-        store
-            .in_account("savings-plans", call.account())
-            // Eventual consistency (realism): a fresh plan is not listed yet.
-            .filter(|c| call.visible(c))
-            .filter(|c| {
-                let arn = format!("arn:aws:savingsplans::{}:savingsplan/{}", c.account, c.id);
-                (ids.is_empty() || ids.contains(&c.id))
-                    && (arns.is_empty() || arns.contains(&arn))
-                    && (states.is_empty() || states.contains(&c.state_at(call.now)))
-                    && filters
-                        .iter()
-                        .all(|(name, values)| plan_matches(c, name, values))
-            })
-            .map(|c| plan_json(call, c))
-            .collect()
-    };
+    let token = input.string("nextToken")?;
+    let store = call.shared.store();
+    let mut found: Vec<&Commitment> = store
+        .in_account("savings-plans", call.account())
+        // Eventual consistency (realism): a fresh plan is not listed yet.
+        .filter(|c| call.visible(c))
+        .filter(|c| {
+            (ids.is_empty() || ids.contains(&c.id))
+                && (arns.is_empty() || arns.contains(&plan_arn(c)))
+                && (states.is_empty() || states.contains(&c.state_at(call.now)))
+                && filters
+                    .iter()
+                    .all(|(name, values)| plan_matches(c, name, values))
+        })
+        .collect();
     if call.faults.lookup_empty {
         found.clear();
     }
-    let (page, next) = paginate(found, input.string("nextToken")?, call.page_size(page_size))
+    // Only the page is turned into JSON.
+    let (page, next) = paginate(found, token, call.page_size(page_size))
         .map_err(|_| input.invalid("Invalid nextToken"))?;
-    Ok(json!({ "savingsPlans": page, "nextToken": next }))
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Listing<'a> {
+        savings_plans: Vec<PlanOut<'a>>,
+        next_token: Option<String>,
+    }
+    let listing = Listing {
+        savings_plans: page.into_iter().filter_map(|c| plan_out(call, c)).collect(),
+        next_token: next,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        "application/json",
+        &listing,
+        call.request_id,
+    ))
 }

@@ -24,10 +24,13 @@ pub fn xml_response(status: StatusCode, body: String, request_id: &str) -> Respo
 pub fn json_response(
     status: StatusCode,
     content_type: &'static str,
-    body: &serde_json::Value,
+    body: &impl serde::Serialize,
     request_id: &str,
 ) -> Response {
-    let mut response = Response::new(Body::from(body.to_string()));
+    // A `Value` or a typed body (serialised straight from borrowed fields, without building a
+    // `Value` first); neither can fail to serialise.
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());
+    let mut response = Response::new(Body::from(text));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
