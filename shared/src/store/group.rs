@@ -25,10 +25,11 @@
 //!   its own item, and in a lock cycle with a multi-row statement (the relay's
 //!   `mark_published`, the reaper's batch, a cancel) the group yields before Postgres's
 //!   deadlock check (after `deadlock_timeout`, 1 s by default) would fail that statement.
-//! * **No waiting to form a group.** A statement that finds fewer than
-//!   [`CONCURRENT_GROUPS`] groups in flight starts one at once, alone if it is alone (then
-//!   `BEGIN`, the lock timeout and `COMMIT` cost two round trips more than a bare statement).
-//!   Groups form only while others are being written, i.e. under load, when they are worth it.
+//! * **No waiting to form a group.** A statement that finds no group being written starts one
+//!   at once, alone if it is alone (then `BEGIN`, the lock timeout and `COMMIT` cost two round
+//!   trips more than a bare statement). Groups form from the statements that arrive while one is
+//!   being written, i.e. under load, when they are worth it; a second writer (of at most
+//!   [`CONCURRENT_GROUPS`]) starts once a full group waits.
 //!
 //! A group is written by a spawned task, so a caller that goes away (a drained consumer)
 //! cannot cut another caller's statement off mid-transaction.
@@ -83,16 +84,6 @@ pub(crate) struct GroupQueue {
     counters: GroupCounters,
 }
 
-impl GroupQueue {
-    pub(crate) fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            state: Mutex::default(),
-            counters: GroupCounters::default(),
-        }
-    }
-}
-
 #[derive(Default)]
 struct QueueState {
     waiting: VecDeque<Pending>,
@@ -112,6 +103,15 @@ pub struct GroupStats {
 }
 
 impl GroupQueue {
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            state: Mutex::default(),
+            counters: GroupCounters::default(),
+        }
+    }
+
+    /// Adds to the counters [`Store::group_stats`] reads.
     fn count(&self, statements: u64, transactions: u64, fallbacks: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.counters.statements.fetch_add(statements, Relaxed);
